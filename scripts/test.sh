@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, as a newcomer and CI run it: one command on a fresh machine.
+# Installs what the tests need (a virtualenv with the package and its test extras,
+# Debian's promtool and redis-server when missing), then lint, types and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing ${need_apt[*]} (Debian packages)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    else
+        echo "== missing ${need_apt[*]}: install them (Debian: apt-get install ${need_apt[*]}); the tests that need them will be skipped" >&2
+    fi
+fi
+# The Debian packages start their services; the tests start their own on free ports.
+for svc in redis-server prometheus prometheus-pushgateway; do
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+done
+
+VENV=${JOBMETRICS_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+"$VENV/bin/ruff" check src tests bench examples
+echo "== mypy --strict"
+"$VENV/bin/mypy" --strict src
+echo "== pytest"
+"$VENV/bin/python" -m pytest "$@"

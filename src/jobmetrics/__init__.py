@@ -1,0 +1,33 @@
+"""Prometheus metrics for Python job services, named as Harbor's jobservice names them.
+
+>>> from jobmetrics import JobMetrics
+>>> m = JobMetrics()                      # harbor_jobservice_* on the global registry
+>>> @m.task("replication")
+... def replicate(src, dst): ...
+"""
+
+from __future__ import annotations
+
+from .core import JobMetrics, default_metrics, set_default_metrics
+from .exposition import make_asgi_app, make_wsgi_app, start_http_server
+from .settings import DEFAULT_BUCKETS, DEFAULT_QUANTILES
+from .sketch import QuantileSketch
+from .summary import QuantileSummary
+from .tasks import Stopped, TaskHandle
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_QUANTILES",
+    "JobMetrics",
+    "QuantileSketch",
+    "QuantileSummary",
+    "Stopped",
+    "TaskHandle",
+    "default_metrics",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "set_default_metrics",
+    "start_http_server",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,562 @@
+"""``JobMetrics``: the families of one job service on one registry, and their collector."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from time import perf_counter
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from . import _errors
+from .durations import duration_metric
+from .http_series import HttpSeries
+from .queues import QueueSizes
+from .settings import (
+    DEFAULT_BUCKETS,
+    DEFAULT_QUANTILES,
+    Settings,
+    check_int,
+    check_name_part,
+)
+from .tasks import STATUSES, TaskHandle, TaskSeries, instrument
+
+__all__ = ["JobMetrics", "default_metrics", "set_default_metrics"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class _Families:
+    """Every family's state for one (registry, prefix), and the collector over it."""
+
+    def __init__(self, settings: Settings, node: str, pool: str, workers: int) -> None:
+        self.settings = settings
+        p = settings.prefix
+        self.names = {
+            "inflight": p + "http_inflight_requests",
+            "requests": p + "http_request",  # counter: exposed as ..._total
+            "request_duration": p + "http_request_duration_seconds",
+            "tasks": p + "task",  # counter: exposed as ..._task_total
+            "process_time": p + "task_process_time_seconds",
+            "success_rate": p + "task_success_rate",
+            "running": p + "running_task",
+            "pending": p + "pending_task",
+            "queue_size": p + "queue_size",
+            "info": p.rstrip("_"),  # info: exposed as ..._info
+        }
+        self._lock = threading.Lock()
+        self.tasks: Dict[str, TaskSeries] = {}
+        self.http = HttpSeries(settings)
+        self.queues = QueueSizes()
+        self.info = {"node": node, "pool": pool, "workers": str(workers)}
+
+    def task_series(self, task_type: str) -> TaskSeries:
+        series = self.tasks.get(task_type)
+        if series is None:
+            with self._lock:
+                series = self.tasks.get(task_type)
+                if series is None:
+                    series = self.tasks[task_type] = TaskSeries(task_type, self.settings)
+        return series
+
+    # -- collector ---------------------------------------------------------------
+
+    def describe(self) -> List[Metric]:
+        n = self.names
+        s = self.settings
+        return [
+            GaugeMetricFamily(n["inflight"], ""),
+            CounterMetricFamily(n["requests"], ""),
+            duration_metric(n["request_duration"], "", s.http_duration),
+            CounterMetricFamily(n["tasks"], ""),
+            duration_metric(n["process_time"], "", s.task_duration),
+            GaugeMetricFamily(n["success_rate"], ""),
+            GaugeMetricFamily(n["running"], ""),
+            GaugeMetricFamily(n["pending"], ""),
+            GaugeMetricFamily(n["queue_size"], ""),
+            InfoMetricFamily(n["info"], ""),
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        for part in (self._collect_http, self._collect_tasks, self._collect_other):
+            try:
+                yield from part()
+            except Exception as exc:  # a scrape must not fail because of one part
+                _errors.report(f"collect {part.__name__}", exc)
+
+    def _collect_http(self) -> List[Metric]:
+        n, s = self.names, self.settings
+        http = self.http
+        now = perf_counter()
+        inflight = GaugeMetricFamily(n["inflight"], "Number of HTTP requests being served now.")
+        requests = CounterMetricFamily(
+            n["requests"], "Total number of finished HTTP requests.",
+            labels=("method", "code", "operation"),
+        )
+        duration = duration_metric(
+            n["request_duration"],
+            "HTTP request latency in seconds, from the first byte of the request to the "
+            "last byte of the response.",
+            s.http_duration,
+        )
+        with http.lock():
+            inflight.add_metric((), float(http.inflight))
+            for (method, code, op), count in http.counts.items():
+                requests.add_metric((method, code, op), float(count))
+            for (method, op), series in http.durations.items():
+                series.emit(duration, {"method": method, "operation": op}, s.quantiles, now)
+        return [inflight, requests, duration]
+
+    def _collect_tasks(self) -> List[Metric]:
+        n, s = self.names, self.settings
+        now = perf_counter()
+        total = CounterMetricFamily(
+            n["tasks"], "Total number of finished tasks by type and status.",
+            labels=("type", "status"),
+        )
+        ptime = duration_metric(
+            n["process_time"], "Task run time in seconds by type and status.", s.task_duration
+        )
+        rate = GaugeMetricFamily(
+            n["success_rate"],
+            "Share of tasks that succeeded, success / (success + fail), among those finished "
+            "within the success-rate window; NaN when none finished in it.",
+            labels=("type",),
+        )
+        running = GaugeMetricFamily(
+            n["running"], "Number of tasks executing now.", labels=("type",)
+        )
+        pending = GaugeMetricFamily(
+            n["pending"], "Number of tasks accepted but not yet started.", labels=("type",)
+        )
+        for task_type, series in list(self.tasks.items()):
+            with series.lock():
+                for i, status in enumerate(STATUSES):
+                    total.add_metric((task_type, status), float(series.counts[i]))
+                    series.durations[i].emit(
+                        ptime, {"type": task_type, "status": status}, s.quantiles, now
+                    )
+                rate.add_metric((task_type,), series.ratio.ratio(now))
+                running.add_metric((task_type,), float(series.running))
+                pending.add_metric((task_type,), float(series.pending))
+        return [total, ptime, rate, running, pending]
+
+    def _collect_other(self) -> List[Metric]:
+        n = self.names
+        size = GaugeMetricFamily(
+            n["queue_size"], "Number of items in an instrumented queue.", labels=("queue",)
+        )
+        for name, value in sorted(self.queues.read().items()):
+            size.add_metric((name,), float(value))
+        info = InfoMetricFamily(n["info"], "The node, worker pool and worker count serving.")
+        info.add_metric((), dict(self.info))
+        return [size, info]
+
+
+class _Collector(Collector):
+    def __init__(self, families: _Families) -> None:
+        self._families = families
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families.collect()
+
+
+# One _Families per (registry, prefix): a second JobMetrics with equal settings shares it.
+_shared: weakref.WeakKeyDictionary[CollectorRegistry, Dict[str, _Families]] = (
+    weakref.WeakKeyDictionary()
+)
+_process_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+_shared_lock = threading.Lock()
+
+
+def _attach(
+    registry: CollectorRegistry, settings: Settings, node: str, pool: str, workers: int,
+    process_collectors: bool,
+) -> _Families:
+    with _shared_lock:
+        by_prefix = _shared.setdefault(registry, {})
+        families = by_prefix.get(settings.prefix)
+        if families is not None:
+            if families.settings != settings:
+                raise ValueError(
+                    f"a JobMetrics with namespace={settings.namespace!r} and "
+                    f"subsystem={settings.subsystem!r} already exists on this registry "
+                    "with different settings; reuse that instance, or give this one another "
+                    "namespace, subsystem or registry"
+                )
+            return families
+        families = _Families(settings, node, pool, workers)
+        try:
+            registry.register(_Collector(families))
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot register the jobmetrics families with prefix {settings.prefix!r}: "
+                f"another collector on this registry already uses some of their names ({exc}); "
+                "pass another namespace/subsystem, or another registry"
+            ) from None
+        by_prefix[settings.prefix] = families
+        if process_collectors and registry is not REGISTRY and registry not in _process_registries:
+            _add_process_collectors(registry)
+            _process_registries.add(registry)
+        return families
+
+
+def _add_process_collectors(registry: CollectorRegistry) -> None:
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    # Each may already be there if the user added it; that is fine.
+    for make in (ProcessCollector, PlatformCollector, GCCollector):
+        with contextlib.suppress(ValueError):
+            make(registry=registry)
+
+
+class JobMetrics:
+    """The metric families of one job service, as SPEC'd by Harbor's jobservice.
+
+    Families are named ``{namespace}_{subsystem}_...`` (default
+    ``harbor_jobservice_...``) and registered on ``registry`` (default
+    ``prometheus_client.REGISTRY``, which also carries the process and platform
+    collectors; a custom registry gets them added unless ``process_collectors=False``).
+
+    A second ``JobMetrics`` on the same registry with the same namespace and subsystem
+    and equal settings *shares* the families of the first (both record into the same
+    series); with different settings it raises ``ValueError`` saying so.
+
+    Args:
+        namespace, subsystem: the name prefix parts (``[a-zA-Z_][a-zA-Z0-9_]*``, either
+            may be empty).
+        registry: where the families are registered.
+        enabled: ``False`` makes every decorator, wrapper and middleware a pass-through
+            that records nothing, and registers nothing.
+        quantiles: quantiles of the summaries (each in (0, 1)).
+        max_age, age_buckets: the sliding window of the summary quantiles, in seconds
+            and in age buckets.
+        relative_accuracy: the quantile sketch's guarantee: an estimate is within this
+            fraction of the exact quantile's value.
+        task_duration, http_duration: ``"summary"`` (quantiles) or ``"histogram"``
+            (``buckets``) for the two duration families.
+        buckets: histogram upper bounds, in seconds.
+        success_rate_window: seconds of finished tasks the success rate is computed over.
+        node, pool, workers: labels of the ``info`` family (node defaults to the host name).
+        port, addr, path: where :meth:`start_http_server` serves (Harbor's
+            ``metric: {port, path}``).
+        process_collectors: add the process/platform/GC collectors to a custom registry.
+    """
+
+    def __init__(
+        self,
+        namespace: str = "harbor",
+        subsystem: str = "jobservice",
+        *,
+        registry: Optional[CollectorRegistry] = None,
+        enabled: bool = True,
+        quantiles: Iterable[float] = DEFAULT_QUANTILES,
+        max_age: float = 600.0,
+        age_buckets: int = 5,
+        relative_accuracy: float = 0.01,
+        task_duration: str = "summary",
+        http_duration: str = "summary",
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+        success_rate_window: float = 600.0,
+        node: Optional[str] = None,
+        pool: str = "",
+        workers: int = 0,
+        port: int = 8001,
+        addr: str = "0.0.0.0",
+        path: str = "/metrics",
+        process_collectors: bool = True,
+    ) -> None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        if registry is None:
+            registry = REGISTRY
+        elif not isinstance(registry, CollectorRegistry):
+            raise TypeError(
+                f"registry must be a prometheus_client CollectorRegistry, got "
+                f"{type(registry).__name__}"
+            )
+        self.settings = Settings(
+            namespace=namespace,
+            subsystem=subsystem,
+            quantiles=tuple(quantiles) if not isinstance(quantiles, (str, bytes)) else quantiles,  # type: ignore[arg-type]
+            max_age=max_age,
+            age_buckets=age_buckets,
+            relative_accuracy=relative_accuracy,
+            task_duration=task_duration,
+            http_duration=http_duration,
+            buckets=tuple(buckets) if not isinstance(buckets, (str, bytes)) else buckets,  # type: ignore[arg-type]
+            success_rate_window=success_rate_window,
+        )
+        if node is None:
+            node = socket.gethostname()
+        elif not isinstance(node, str):
+            raise TypeError(f"node must be a str, got {type(node).__name__}")
+        if not isinstance(pool, str):
+            raise TypeError(f"pool must be a str, got {type(pool).__name__}")
+        check_int("workers", workers, 0)
+        self.port = check_int("port", port, 0, 65535)
+        if not isinstance(addr, str):
+            raise TypeError(f"addr must be a str, got {type(addr).__name__}")
+        self.addr = addr
+        self.path = _check_path("path", path)
+        self.registry = registry
+        self.enabled = enabled
+        self._families: Optional[_Families] = (
+            _attach(registry, self.settings, node, pool, workers, process_collectors)
+            if enabled
+            else None
+        )
+
+    def __repr__(self) -> str:
+        state = "" if self.enabled else ", enabled=False"
+        return (
+            f"JobMetrics(namespace={self.settings.namespace!r}, "
+            f"subsystem={self.settings.subsystem!r}{state})"
+        )
+
+    @property
+    def prefix(self) -> str:
+        """The common prefix of every family name, e.g. ``"harbor_jobservice_"``."""
+        return self.settings.prefix
+
+    # -- configuration -------------------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any
+    ) -> JobMetrics:
+        """Build from ``JOBMETRICS_*`` environment variables (Harbor's ``metric:`` block).
+
+        Reads ``JOBMETRICS_ENABLED`` (true/false, 1/0, yes/no, on/off),
+        ``JOBMETRICS_NAMESPACE``, ``JOBMETRICS_SUBSYSTEM``, ``JOBMETRICS_PORT``,
+        ``JOBMETRICS_ADDR`` and ``JOBMETRICS_PATH``. Keyword arguments go to the
+        constructor and win over the environment. A bad value raises ``ValueError``
+        naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        found: Dict[str, Any] = {}
+        raw = env.get("JOBMETRICS_ENABLED")
+        if raw is not None:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                found["enabled"] = True
+            elif low in _FALSE:
+                found["enabled"] = False
+            else:
+                raise ValueError(
+                    f"JOBMETRICS_ENABLED={raw!r} is not a boolean (use true/false, 1/0, "
+                    "yes/no, on/off)"
+                )
+        for var, arg in (("JOBMETRICS_NAMESPACE", "namespace"),
+                         ("JOBMETRICS_SUBSYSTEM", "subsystem")):
+            raw = env.get(var)
+            if raw is not None:
+                try:
+                    found[arg] = check_name_part(var, raw)
+                except ValueError as exc:
+                    raise ValueError(str(exc)) from None
+        raw = env.get("JOBMETRICS_PORT")
+        if raw is not None:
+            try:
+                port = int(raw)
+            except ValueError:
+                port = -1
+            if not 0 <= port <= 65535:
+                raise ValueError(f"JOBMETRICS_PORT={raw!r} is not a port number (0-65535)")
+            found["port"] = port
+        raw = env.get("JOBMETRICS_ADDR")
+        if raw is not None:
+            found["addr"] = raw
+        raw = env.get("JOBMETRICS_PATH")
+        if raw is not None:
+            found["path"] = _check_path("JOBMETRICS_PATH", raw)
+        found.update(kwargs)
+        return cls(**found)
+
+    def set_info(self, *, pool: Optional[str] = None, workers: Optional[int] = None) -> None:
+        """Change the ``pool`` and ``workers`` labels of the ``info`` family."""
+        if pool is not None and not isinstance(pool, str):
+            raise TypeError(f"pool must be a str, got {type(pool).__name__}")
+        if workers is not None:
+            check_int("workers", workers, 0)
+        if self._families is None:
+            return
+        info = dict(self._families.info)
+        if pool is not None:
+            info["pool"] = pool
+        if workers is not None:
+            info["workers"] = str(workers)
+        self._families.info = info
+
+    # -- tasks -------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> F: ...
+
+    @overload
+    def task(self, task_type: Optional[str] = None, /, *, type: Optional[str] = None
+             ) -> Callable[[F], F]: ...
+
+    def task(
+        self, fn_or_type: Any = None, /, *, type: Optional[str] = None
+    ) -> Any:
+        """Decorate a task function: ``@m.task``, ``@m.task("gc")``, ``@m.task(type="gc")``.
+
+        Works on plain functions, ``async def``, generators, async generators, methods,
+        classmethods and staticmethods. Each call (each iteration run, for generators) is
+        one task of that type: running while it executes, then counted with its status
+        (``success`` on return, ``fail`` on an exception, ``stop`` on cancellation or
+        :class:`~jobmetrics.Stopped`) and its run time. The function keeps its name,
+        signature, docstring and kind; results and exceptions pass through unchanged.
+        The type defaults to the function's ``__name__``.
+        """
+        if fn_or_type is not None and not isinstance(fn_or_type, str):
+            if type is not None:
+                raise TypeError("pass the task type as task(type=...) only when decorating")
+            return self._decorate(fn_or_type, None)
+        if fn_or_type is not None and type is not None:
+            raise TypeError("give the task type once: task('gc') or task(type='gc')")
+        task_type = fn_or_type if fn_or_type is not None else type
+
+        def decorator(fn: F) -> F:
+            return self._decorate(fn, task_type)  # type: ignore[no-any-return]
+
+        if task_type is not None:
+            _check_type(task_type)
+        return decorator
+
+    def _decorate(self, fn: Any, task_type: Optional[str]) -> Any:
+        plain = getattr(fn, "__func__", fn) if isinstance(fn, (classmethod, staticmethod)) else fn
+        if not callable(plain):
+            raise TypeError(f"task() decorates a callable, got {fn!r}")
+        if task_type is None:
+            task_type = getattr(plain, "__name__", None)
+            if not isinstance(task_type, str):
+                raise TypeError(
+                    f"cannot name a task type after {fn!r}: use task('a type')"
+                )
+        _check_type(task_type)
+        if self._families is None:
+            return fn
+        return instrument(fn, self._families.task_series(task_type))
+
+    def track_task(self, task_type: str) -> TaskHandle:
+        """A ``with``/``async with`` block that is one task of ``task_type``.
+
+        ``handle.mark_stopped()`` inside the block ends it as ``stop``.
+        """
+        _check_type(task_type)
+        if self._families is None:
+            return TaskHandle(None)
+        return TaskHandle(self._families.task_series(task_type))
+
+    def task_series(self, task_type: str) -> Optional[TaskSeries]:
+        """The live state of ``task_type`` (for wrappers built on jobmetrics), or
+        ``None`` when disabled."""
+        _check_type(task_type)
+        if self._families is None:
+            return None
+        return self._families.task_series(task_type)
+
+    # -- HTTP and queues: state shared with the middleware and queue wrappers ----------
+
+    @property
+    def http(self) -> Optional[HttpSeries]:
+        """The ``http_*`` families' state, or ``None`` when disabled."""
+        return self._families.http if self._families is not None else None
+
+    @property
+    def queue_sizes(self) -> Optional[QueueSizes]:
+        """The ``queue_size`` family's state, or ``None`` when disabled."""
+        return self._families.queues if self._families is not None else None
+
+    # -- exposition ----------------------------------------------------------------
+
+    def make_wsgi_app(self) -> Callable[..., Any]:
+        """A WSGI app serving this registry (prometheus_client's: content negotiation,
+        OpenMetrics, gzip)."""
+        from .exposition import make_wsgi_app
+
+        return make_wsgi_app(self)
+
+    def make_asgi_app(self) -> Callable[..., Any]:
+        """An ASGI app serving this registry (prometheus_client's)."""
+        from .exposition import make_asgi_app
+
+        return make_asgi_app(self)
+
+    def start_http_server(
+        self, port: Optional[int] = None, addr: Optional[str] = None
+    ) -> Union[Tuple[Any, threading.Thread], None]:
+        """Serve ``path`` on ``addr:port`` (defaults: this instance's) in a daemon thread.
+
+        Returns ``(server, thread)``; ``server.shutdown()`` stops it. Returns ``None``
+        and serves nothing when metrics are disabled (Harbor's ``enabled: false``).
+        """
+        from .exposition import start_http_server
+
+        return start_http_server(
+            self.port if port is None else port,
+            addr=self.addr if addr is None else addr,
+            metrics=self,
+        )
+
+
+def _check_type(task_type: object) -> None:
+    if not isinstance(task_type, str):
+        raise TypeError(f"task type must be a str, got {type(task_type).__name__}")
+    if not task_type:
+        raise ValueError("task type must not be empty")
+
+
+def _check_path(arg: str, path: object) -> str:
+    if not isinstance(path, str):
+        raise TypeError(f"{arg} must be a str, got {type(path).__name__}")
+    if not path.startswith("/"):
+        raise ValueError(f"{arg}={path!r} must start with '/'")
+    return path
+
+
+_default: Optional[JobMetrics] = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> JobMetrics:
+    """The process-wide ``JobMetrics`` used where no ``metrics=`` is given.
+
+    Created on first use with :meth:`JobMetrics.from_env` (so ``JOBMETRICS_*`` apply) on
+    the global registry; replace it with :func:`set_default_metrics`.
+    """
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = JobMetrics.from_env()
+    return _default
+
+
+def set_default_metrics(metrics: Optional[JobMetrics]) -> None:
+    """Make ``metrics`` the process-wide default (``None``: create anew on next use)."""
+    global _default
+    if metrics is not None and not isinstance(metrics, JobMetrics):
+        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
+    with _default_lock:
+        _default = metrics

@@ -1,0 +1,93 @@
+"""Duration series: a summary with windowed quantiles, or a cumulative histogram.
+
+One object per label set. The owner serialises access and passes ``perf_counter`` times.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from typing import Callable, Dict, List, Sequence, Union, cast
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+
+from .settings import Settings
+from .window import SlidingSketch
+
+# prometheus_client's own label formatting ("0.5", "+Inf", "1e+06"), typed.
+_go = cast(Callable[[float], str], floatToGoString)
+
+__all__ = ["HistogramSeries", "SummarySeries", "duration_metric", "new_duration"]
+
+
+class SummarySeries:
+    """``_count`` and ``_sum`` since start, quantiles over the sliding window."""
+
+    __slots__ = ("count", "sum", "window")
+
+    def __init__(self, settings: Settings, now: float) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.window = SlidingSketch(
+            settings.max_age, settings.age_buckets, settings.relative_accuracy, now
+        )
+
+    def observe(self, value: float, now: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.window.add(value, now)
+
+    def emit(
+        self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
+    ) -> None:
+        name = metric.name
+        for q, v in zip(quantiles, self.window.quantiles(quantiles, now)):
+            metric.add_sample(name, {**labels, "quantile": _go(q)}, v)
+        metric.add_sample(name + "_sum", labels, self.sum)
+        metric.add_sample(name + "_count", labels, float(self.count))
+
+
+class HistogramSeries:
+    """Cumulative bucket counts, as a Prometheus histogram."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, settings: Settings, now: float) -> None:
+        self.bounds = settings.buckets
+        self.counts: List[int] = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float, now: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.counts[bisect_left(self.bounds, value)] += 1
+
+    def emit(
+        self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
+    ) -> None:
+        name = metric.name
+        acc = 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts):
+            acc += n
+            metric.add_sample(
+                name + "_bucket", {**labels, "le": _go(bound)}, float(acc)
+            )
+        metric.add_sample(name + "_count", labels, float(self.count))
+        metric.add_sample(name + "_sum", labels, self.sum)
+
+
+DurationSeries = Union[SummarySeries, HistogramSeries]
+
+
+def new_duration(settings: Settings, kind: str, now: float) -> DurationSeries:
+    """A fresh series of ``kind`` ("summary" or "histogram")."""
+    if kind == "histogram":
+        return HistogramSeries(settings, now)
+    return SummarySeries(settings, now)
+
+
+def duration_metric(name: str, documentation: str, kind: str) -> Metric:
+    """An empty family of ``kind`` to add samples to."""
+    return Metric(name, documentation, kind)

@@ -1,0 +1,155 @@
+"""Validated configuration of a :class:`~jobmetrics.JobMetrics`.
+
+Every check names the argument it rejects, so a mistake fails at construction with a
+message that says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_QUANTILES",
+    "DurationKind",
+    "Settings",
+]
+
+DEFAULT_QUANTILES: Tuple[float, ...] = (0.5, 0.9, 0.99)
+#: Histogram buckets (seconds) when a duration family is a histogram: HTTP requests
+#: take milliseconds, jobs take minutes, so the range is wide.
+DEFAULT_BUCKETS: Tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    900.0, 3600.0,
+)
+
+DurationKind = str  # "summary" or "histogram"
+
+_NAME_PART = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_name_part(arg: str, value: object, allow_empty: bool = True) -> str:
+    """A metric-name component: ``[a-zA-Z_][a-zA-Z0-9_]*`` (or empty when allowed)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be a str, got {type(value).__name__}")
+    if value == "" and allow_empty:
+        return value
+    if not _NAME_PART.match(value) or value.startswith("__"):
+        raise ValueError(
+            f"{arg}={value!r} is not a valid Prometheus metric name part: use letters, "
+            "digits and underscores, not starting with a digit or '__'"
+        )
+    return value
+
+
+def check_positive(arg: str, value: object) -> float:
+    """A finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a number, got {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{arg} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_int(arg: str, value: object, minimum: int, maximum: Optional[int] = None) -> int:
+    """An int within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{arg} must be >= {minimum}{upper}, got {value!r}")
+    return value
+
+
+def check_quantiles(arg: str, value: object) -> Tuple[float, ...]:
+    """Distinct numbers strictly between 0 and 1, returned sorted."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{arg} must be a sequence of numbers, got {type(value).__name__}")
+    out = []
+    for q in value:
+        if isinstance(q, bool) or not isinstance(q, (int, float)):
+            raise TypeError(f"{arg} must hold numbers, got {type(q).__name__} {q!r}")
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"{arg}: every quantile must be in (0, 1), got {q!r}")
+        out.append(float(q))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{arg} holds a quantile twice: {list(value)!r}")
+    return tuple(sorted(out))
+
+
+def check_buckets(arg: str, value: object) -> Tuple[float, ...]:
+    """Strictly increasing finite upper bounds (``+Inf`` is added at exposition)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{arg} must be a sequence of numbers, got {type(value).__name__}")
+    out = []
+    for b in value:
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise TypeError(f"{arg} must hold numbers, got {type(b).__name__} {b!r}")
+        out.append(float(b))
+    if out and out[-1] == math.inf:
+        out.pop()
+    if not out:
+        raise ValueError(f"{arg} must hold at least one finite bound")
+    if any(not math.isfinite(b) for b in out):
+        raise ValueError(f"{arg} must be finite (apart from a last +Inf), got {list(value)!r}")
+    if any(a >= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"{arg} must be strictly increasing, got {list(value)!r}")
+    return tuple(out)
+
+
+def check_kind(arg: str, value: object) -> str:
+    """``"summary"`` or ``"histogram"``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be 'summary' or 'histogram', got {type(value).__name__}")
+    if value not in ("summary", "histogram"):
+        raise ValueError(f"{arg} must be 'summary' or 'histogram', got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes the families a :class:`~jobmetrics.JobMetrics` emits.
+
+    Two instances with equal settings on one registry share their families.
+    """
+
+    namespace: str = "harbor"
+    subsystem: str = "jobservice"
+    quantiles: Tuple[float, ...] = DEFAULT_QUANTILES
+    max_age: float = 600.0
+    age_buckets: int = 5
+    relative_accuracy: float = 0.01
+    task_duration: str = "summary"
+    http_duration: str = "summary"
+    buckets: Tuple[float, ...] = DEFAULT_BUCKETS
+    success_rate_window: float = 600.0
+
+    def __post_init__(self) -> None:
+        check_name_part("namespace", self.namespace)
+        check_name_part("subsystem", self.subsystem)
+        if not self.namespace and not self.subsystem:
+            raise ValueError("namespace and subsystem cannot both be empty")
+        object.__setattr__(self, "quantiles", check_quantiles("quantiles", self.quantiles))
+        object.__setattr__(self, "max_age", check_positive("max_age", self.max_age))
+        check_int("age_buckets", self.age_buckets, 1, 1000)
+        ra = check_positive("relative_accuracy", self.relative_accuracy)
+        if ra >= 1.0:
+            raise ValueError(f"relative_accuracy must be in (0, 1), got {ra!r}")
+        object.__setattr__(self, "relative_accuracy", ra)
+        check_kind("task_duration", self.task_duration)
+        check_kind("http_duration", self.http_duration)
+        object.__setattr__(self, "buckets", check_buckets("buckets", self.buckets))
+        object.__setattr__(
+            self,
+            "success_rate_window",
+            check_positive("success_rate_window", self.success_rate_window),
+        )
+
+    @property
+    def prefix(self) -> str:
+        """``namespace_subsystem_`` (parts that are empty are left out)."""
+        return "".join(p + "_" for p in (self.namespace, self.subsystem) if p)
