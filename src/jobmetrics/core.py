@@ -296,13 +296,13 @@ class JobMetrics:
         self.settings = Settings(
             namespace=namespace,
             subsystem=subsystem,
-            quantiles=tuple(quantiles) if not isinstance(quantiles, (str, bytes)) else quantiles,  # type: ignore[arg-type]
+            quantiles=_as_tuple(quantiles),
             max_age=max_age,
             age_buckets=age_buckets,
             relative_accuracy=relative_accuracy,
             task_duration=task_duration,
             http_duration=http_duration,
-            buckets=tuple(buckets) if not isinstance(buckets, (str, bytes)) else buckets,  # type: ignore[arg-type]
+            buckets=_as_tuple(buckets),
             success_rate_window=success_rate_window,
         )
         if node is None:
@@ -518,6 +518,14 @@ class JobMetrics:
             addr=self.addr if addr is None else addr,
             metrics=self,
         )
+
+
+def _as_tuple(values: Any) -> Any:
+    # Accept any iterable of numbers; anything else goes on to Settings' checks,
+    # which name the argument.
+    if isinstance(values, Iterable) and not isinstance(values, (str, bytes)):
+        return tuple(values)
+    return values
 
 
 def _check_type(task_type: object) -> None:

@@ -28,6 +28,7 @@ __all__ = ["DEFAULT_MAX_BUCKETS", "DEFAULT_RELATIVE_ACCURACY", "QuantileSketch"]
 DEFAULT_RELATIVE_ACCURACY = 0.01
 DEFAULT_MAX_BUCKETS = 2048
 
+_MAX_FLOAT = 1.7976931348623157e308
 _log = math.log
 _ceil = math.ceil
 
@@ -69,12 +70,12 @@ class QuantileSketch:
         """Count one value. NaN is ignored; infinities land in the outermost bucket."""
         if value > 0.0:
             if value == math.inf:
-                value = 1.7976931348623157e308
+                value = _MAX_FLOAT
             k = _ceil(_log(value) * self._inv_log_gamma)
             bins = self._pos
         elif value < 0.0:
             if value == -math.inf:
-                value = -1.7976931348623157e308
+                value = -_MAX_FLOAT
             k = _ceil(_log(-value) * self._inv_log_gamma)
             bins = self._neg
         elif value == 0.0:
@@ -133,7 +134,10 @@ class QuantileSketch:
         return len(self._pos) + len(self._neg) + (1 if self.zero_count else 0)
 
     def _value(self, k: int) -> float:
-        return 2.0 * self.gamma ** k / (self.gamma + 1.0)
+        try:
+            return 2.0 * self.gamma ** k / (self.gamma + 1.0)
+        except OverflowError:  # the bucket of the largest floats
+            return _MAX_FLOAT
 
     def _ordered(self) -> List[Tuple[float, int]]:
         # (representative value, count) in increasing value order.
