@@ -130,7 +130,9 @@ def test_quantile_summary_errors(registry) -> None:
         u.labels("z")
 
 
-def _call_wsgi(app: Any, path: str, headers: dict[str, str] | None = None) -> tuple[str, dict[str, str], bytes]:
+def _call_wsgi(
+    app: Any, path: str, headers: dict[str, str] | None = None
+) -> tuple[str, dict[str, str], bytes]:
     environ: dict[str, Any] = {"PATH_INFO": path}
     setup_testing_defaults(environ)
     environ.update(headers or {})
