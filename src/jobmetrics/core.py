@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from . import _errors
 from .durations import duration_metric
 from .http_series import HttpSeries
+from .push import PushOnExit
 from .queues import QueueSizes
 from .settings import (
     DEFAULT_BUCKETS,
@@ -487,6 +488,28 @@ class JobMetrics:
     def queue_sizes(self) -> Optional[QueueSizes]:
         """The ``queue_size`` family's state, or ``None`` when disabled."""
         return self._families.queues if self._families is not None else None
+
+    # -- short-lived jobs ------------------------------------------------------------
+
+    def push_on_exit(
+        self,
+        gateway: str,
+        job: str,
+        *,
+        grouping_key: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = 30.0,
+        handler: Optional[Callable[..., Any]] = None,
+    ) -> PushOnExit:
+        """Push this job's task families to a Pushgateway when a block or call ends.
+
+        ``with m.push_on_exit("pushgateway:9091", job="nightly-gc"): run()`` or as a
+        decorator. See :mod:`jobmetrics.push` for what is pushed and why. ``handler`` is
+        prometheus_client's push handler (e.g. ``basic_auth_handler``) for auth or TLS.
+        """
+        from prometheus_client.exposition import default_handler
+
+        return PushOnExit(self, gateway, job, grouping_key, timeout,
+                          handler or default_handler)
 
     # -- exposition ----------------------------------------------------------------
 

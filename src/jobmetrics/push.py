@@ -1,0 +1,141 @@
+"""Pushing a short-lived job's metrics to a Prometheus Pushgateway when it ends.
+
+A batch job may live for seconds, between two scrapes; the Pushgateway keeps its last
+result for Prometheus. What is pushed, and why:
+
+- ``task_total``, ``task_process_time_seconds`` and ``task_success_rate``: what the job
+  did and how long it took, the point of pushing;
+- ``info``: which node ran it;
+- ``batch_last_success_timestamp_seconds``: set only when the block succeeded. Pushes use
+  POST (``pushadd``), which replaces the pushed families only, so a failed run keeps the
+  time of the last good one, and ``time() - ..._last_success_timestamp_seconds > 86400``
+  alerts on a nightly job that stopped succeeding (the Pushgateway adds
+  ``push_time_seconds`` per group by itself).
+
+Not pushed: ``running_task``, ``pending_task``, ``http_inflight_requests`` and
+``queue_size`` read zero once the job has ended and would go on saying so after the
+process is gone, nor the ``process_*``/``python_*`` families of a process that no longer
+exists (the Pushgateway documentation warns against both).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type, TypeVar
+
+from prometheus_client import pushadd_to_gateway
+from prometheus_client.exposition import default_handler
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from .core import JobMetrics
+
+__all__ = ["PushOnExit"]
+
+logger = logging.getLogger("jobmetrics")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Families (without the prefix) that make sense for a job that has ended.
+PUSHED = ("task", "task_process_time_seconds", "task_success_rate")
+
+
+class _PushView:
+    """A registry-like view: the pushed families of one JobMetrics, plus the extras."""
+
+    def __init__(self, metrics: JobMetrics, extra: List[Metric]) -> None:
+        self._metrics = metrics
+        self._extra = extra
+
+    def collect(self) -> Iterable[Metric]:
+        fams = self._metrics._families
+        if fams is None:
+            return []
+        keep = {self._metrics.prefix + name for name in PUSHED} | {fams.names["info"]}
+        return [m for m in fams.collect() if m.name in keep] + self._extra
+
+
+class PushOnExit:
+    """``with m.push_on_exit(gateway, job=...)``: push the job's metrics when the block
+    ends, whether it succeeded, failed or was stopped. Also a decorator.
+
+    A failed push is logged (logger ``jobmetrics``) and never raised: the job's own
+    result or exception is what the caller sees.
+    """
+
+    def __init__(
+        self,
+        metrics: JobMetrics,
+        gateway: str,
+        job: str,
+        grouping_key: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = 30.0,
+        handler: Callable[..., Any] = default_handler,
+    ) -> None:
+        if not isinstance(gateway, str) or not gateway:
+            raise TypeError("gateway must be a non-empty str such as 'localhost:9091'")
+        if not isinstance(job, str) or not job:
+            raise ValueError("job must be a non-empty str")
+        key = dict(grouping_key or {})
+        for k, v in key.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("grouping_key must map str to str")
+        self._metrics = metrics
+        self.gateway = gateway
+        self.job = job
+        self.grouping_key: Dict[str, str] = key
+        self._timeout = timeout
+        self._handler = handler
+        self.last_error: Optional[BaseException] = None
+
+    def push(self, succeeded: bool) -> bool:
+        """Push now; ``succeeded`` adds the last-success timestamp. True if pushed."""
+        if not self._metrics.enabled:
+            return False
+        extra: List[Metric] = []
+        if succeeded:
+            g = GaugeMetricFamily(
+                self._metrics.prefix + "batch_last_success_timestamp_seconds",
+                "Unix time at which this batch job last ended in success.",
+            )
+            g.add_metric((), time.time())
+            extra.append(g)
+        try:
+            pushadd_to_gateway(
+                self.gateway,
+                job=self.job,
+                registry=_PushView(self._metrics, extra),
+                grouping_key=self.grouping_key,
+                timeout=self._timeout,
+                handler=self._handler,
+            )
+        except Exception as exc:  # the job's outcome matters more than its metrics
+            self.last_error = exc
+            logger.error("jobmetrics: push to %s failed: %s", self.gateway, exc)
+            return False
+        self.last_error = None
+        return True
+
+    def __enter__(self) -> PushOnExit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.push(succeeded=exc is None)
+
+    def __call__(self, fn: F) -> F:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
