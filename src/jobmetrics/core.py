@@ -20,9 +20,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from . import _errors
+from . import _errors, multiprocess
 from .durations import duration_metric
-from .http_series import HttpSeries
+from .http_series import HttpRecorder, HttpSeries
+from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
 from .push import PushOnExit
 from .queues import QueueSizes
 from .settings import (
@@ -32,7 +33,7 @@ from .settings import (
     check_int,
     check_name_part,
 )
-from .tasks import STATUSES, TaskHandle, TaskSeries, instrument
+from .tasks import STATUSES, TaskHandle, TaskRecorder, TaskSeries, instrument
 
 __all__ = ["JobMetrics", "default_metrics", "set_default_metrics"]
 
@@ -61,18 +62,33 @@ class _Families:
             "info": p.rstrip("_"),  # info: exposed as ..._info
         }
         self._lock = threading.Lock()
-        self.tasks: Dict[str, TaskSeries] = {}
-        self.http = HttpSeries(settings)
-        self.queues = QueueSizes()
+        self.tasks: Dict[str, TaskRecorder] = {}
         self.info = {"node": node, "pool": pool, "workers": str(workers)}
+        self.store: Optional[ProcessStore] = None
+        if settings.multiprocess_dir:
+            self.queues = QueueSizes(on_register=self._queue_registered)
+            self.store = ProcessStore(settings.multiprocess_dir, queue_sizes=self.queues.read)
+            self.http: HttpRecorder = MPHttpSeries(settings, self.store)
+        else:
+            self.queues = QueueSizes()
+            self.http = HttpSeries(settings)
 
-    def task_series(self, task_type: str) -> TaskSeries:
+    def _queue_registered(self) -> None:
+        if self.store is not None:
+            self.store.publish_queue_sizes()
+            self.store.start_publisher()
+
+    def task_series(self, task_type: str) -> TaskRecorder:
         series = self.tasks.get(task_type)
         if series is None:
             with self._lock:
                 series = self.tasks.get(task_type)
                 if series is None:
-                    series = self.tasks[task_type] = TaskSeries(task_type, self.settings)
+                    if self.store is not None:
+                        series = MPTaskSeries(task_type, self.settings, self.store)
+                    else:
+                        series = TaskSeries(task_type, self.settings)
+                    self.tasks[task_type] = series
         return series
 
     # -- collector ---------------------------------------------------------------
@@ -94,6 +110,14 @@ class _Families:
         ]
 
     def collect(self) -> Iterable[Metric]:
+        if self.store is not None:
+            try:
+                self.store.publish_queue_sizes()
+                yield from multiprocess.collect(
+                    self.settings.multiprocess_dir, self.settings, self.names, self.info)
+            except Exception as exc:
+                _errors.report("collect multiprocess", exc)
+            return
         for part in (self._collect_http, self._collect_tasks, self._collect_other):
             try:
                 yield from part()
@@ -103,6 +127,7 @@ class _Families:
     def _collect_http(self) -> List[Metric]:
         n, s = self.names, self.settings
         http = self.http
+        assert isinstance(http, HttpSeries)
         now = perf_counter()
         inflight = GaugeMetricFamily(n["inflight"], "Number of HTTP requests being served now.")
         requests = CounterMetricFamily(
@@ -146,6 +171,7 @@ class _Families:
             n["pending"], "Number of tasks accepted but not yet started.", labels=("type",)
         )
         for task_type, series in list(self.tasks.items()):
+            assert isinstance(series, TaskSeries)
             with series.lock():
                 for i, status in enumerate(STATUSES):
                     total.add_metric((task_type, status), float(series.counts[i]))
@@ -260,6 +286,10 @@ class JobMetrics:
         port, addr, path: where :meth:`start_http_server` serves (Harbor's
             ``metric: {port, path}``).
         process_collectors: add the process/platform/GC collectors to a custom registry.
+        multiprocess_dir: a directory shared by the worker processes of one service:
+            every family is then merged over all of them (see
+            :mod:`jobmetrics.multiprocess`). Default: ``$PROMETHEUS_MULTIPROC_DIR``, as
+            prometheus_client; ``""`` turns the mode off whatever the environment says.
     """
 
     def __init__(
@@ -284,6 +314,7 @@ class JobMetrics:
         addr: str = "0.0.0.0",
         path: str = "/metrics",
         process_collectors: bool = True,
+        multiprocess_dir: Optional[str] = None,
     ) -> None:
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
@@ -305,7 +336,15 @@ class JobMetrics:
             http_duration=http_duration,
             buckets=_as_tuple(buckets),
             success_rate_window=success_rate_window,
+            multiprocess_dir=(
+                os.environ.get(multiprocess.ENV_VAR, "")
+                if multiprocess_dir is None else multiprocess_dir
+            ),
         )
+        if self.settings.multiprocess_dir and enabled:
+            multiprocess.check_directory(self.settings.multiprocess_dir)
+            # Process metrics of whichever worker answers a scrape would mislead.
+            process_collectors = False
         if node is None:
             node = socket.gethostname()
         elif not isinstance(node, str):
@@ -469,7 +508,7 @@ class JobMetrics:
             return TaskHandle(None)
         return TaskHandle(self._families.task_series(task_type))
 
-    def task_series(self, task_type: str) -> Optional[TaskSeries]:
+    def task_series(self, task_type: str) -> Optional[TaskRecorder]:
         """The live state of ``task_type`` (for wrappers built on jobmetrics), or
         ``None`` when disabled."""
         _check_type(task_type)
@@ -480,7 +519,7 @@ class JobMetrics:
     # -- HTTP and queues: state shared with the middleware and queue wrappers ----------
 
     @property
-    def http(self) -> Optional[HttpSeries]:
+    def http(self) -> Optional[HttpRecorder]:
         """The ``http_*`` families' state, or ``None`` when disabled."""
         return self._families.http if self._families is not None else None
 

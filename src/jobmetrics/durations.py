@@ -18,7 +18,14 @@ from .window import SlidingSketch
 # prometheus_client's own label formatting ("0.5", "+Inf", "1e+06"), typed.
 _go = cast(Callable[[float], str], floatToGoString)
 
-__all__ = ["HistogramSeries", "SummarySeries", "duration_metric", "new_duration"]
+__all__ = [
+    "HistogramSeries",
+    "SummarySeries",
+    "duration_metric",
+    "emit_histogram",
+    "emit_summary",
+    "new_duration",
+]
 
 
 class SummarySeries:
@@ -41,11 +48,8 @@ class SummarySeries:
     def emit(
         self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
     ) -> None:
-        name = metric.name
-        for q, v in zip(quantiles, self.window.quantiles(quantiles, now)):
-            metric.add_sample(name, {**labels, "quantile": _go(q)}, v)
-        metric.add_sample(name + "_sum", labels, self.sum)
-        metric.add_sample(name + "_count", labels, float(self.count))
+        emit_summary(metric, labels, quantiles, self.window.quantiles(quantiles, now),
+                     self.sum, self.count)
 
 
 class HistogramSeries:
@@ -67,15 +71,33 @@ class HistogramSeries:
     def emit(
         self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
     ) -> None:
-        name = metric.name
-        acc = 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts):
-            acc += n
-            metric.add_sample(
-                name + "_bucket", {**labels, "le": _go(bound)}, float(acc)
-            )
-        metric.add_sample(name + "_count", labels, float(self.count))
-        metric.add_sample(name + "_sum", labels, self.sum)
+        emit_histogram(metric, labels, self.bounds, self.counts, self.sum, self.count)
+
+
+def emit_summary(
+    metric: Metric, labels: Dict[str, str], quantiles: Sequence[float],
+    values: Sequence[float], total: float, count: float,
+) -> None:
+    """Add one summary's samples: a quantile each, ``_sum``, ``_count``."""
+    name = metric.name
+    for q, v in zip(quantiles, values):
+        metric.add_sample(name, {**labels, "quantile": _go(q)}, v)
+    metric.add_sample(name + "_sum", labels, float(total))
+    metric.add_sample(name + "_count", labels, float(count))
+
+
+def emit_histogram(
+    metric: Metric, labels: Dict[str, str], bounds: Sequence[float],
+    counts: Sequence[float], total: float, count: float,
+) -> None:
+    """Add one histogram's samples from per-bucket (not cumulative) ``counts``."""
+    name = metric.name
+    acc = 0.0
+    for bound, n in zip((*bounds, math.inf), counts):
+        acc += n
+        metric.add_sample(name + "_bucket", {**labels, "le": _go(bound)}, acc)
+    metric.add_sample(name + "_count", labels, float(count))
+    metric.add_sample(name + "_sum", labels, float(total))
 
 
 DurationSeries = Union[SummarySeries, HistogramSeries]

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import threading
 from time import perf_counter
-from typing import Dict, Tuple
+from typing import Dict, Protocol, Tuple
 
 from . import _errors
 from .durations import DurationSeries, new_duration
 from .settings import Settings
 
-__all__ = ["HttpSeries"]
+__all__ = ["HttpRecorder", "HttpSeries"]
+
+
+class HttpRecorder(Protocol):
+    """What the middleware needs of the ``http_*`` state (in-process or multi-process)."""
+
+    def begin(self) -> float:
+        """One more request in flight; return its start time."""
+
+    def end(self, method: str, code: str, operation: str, start: float) -> None:
+        """The request that began at ``start`` is finished."""
 
 
 class HttpSeries:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _errors
 
@@ -20,14 +20,17 @@ class QueueSizes:
     scrape and is not kept alive by the metrics.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_register: Optional[Callable[[], None]] = None) -> None:
         self._lock = threading.Lock()
         self._queues: Dict[str, List[Tuple[weakref.ref[Any], SizeFn]]] = {}
+        self._on_register = on_register
 
     def register(self, name: str, queue: Any, size: SizeFn) -> None:
         """Report ``size(queue)`` under ``name`` for as long as ``queue`` lives."""
         with self._lock:
             self._queues.setdefault(name, []).append((weakref.ref(queue), size))
+        if self._on_register is not None:
+            self._on_register()
 
     def read(self) -> Dict[str, int]:
         """Current size per name; names whose queues are all gone are dropped."""

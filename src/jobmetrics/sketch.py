@@ -89,6 +89,30 @@ class QuantileSketch:
         if len(bins) > self.max_buckets:
             self._collapse(bins)
 
+    def key(self, value: float) -> Tuple[int, int]:
+        """``(sign, index)`` of the bucket ``value`` falls in: sign 1, -1 or 0 (zero).
+        NaN has no bucket: ``ValueError``."""
+        if value > 0.0:
+            return 1, _ceil(_log(min(value, _MAX_FLOAT)) * self._inv_log_gamma)
+        if value < 0.0:
+            return -1, _ceil(_log(min(-value, _MAX_FLOAT)) * self._inv_log_gamma)
+        if value == 0.0:
+            return 0, 0
+        raise ValueError("NaN has no bucket")
+
+    def add_bucket(self, sign: int, index: int, count: int) -> None:
+        """Add ``count`` values to the bucket ``(sign, index)`` (see :meth:`key`)."""
+        if count <= 0:
+            return
+        if sign == 0:
+            self.zero_count += count
+        else:
+            bins = self._pos if sign > 0 else self._neg
+            bins[index] = bins.get(index, 0) + count
+            if len(bins) > self.max_buckets:
+                self._collapse(bins)
+        self.count += count
+
     def _collapse(self, bins: Dict[int, int]) -> None:
         # Fold the buckets nearest zero (the smallest magnitudes) into one.
         keys = sorted(bins)

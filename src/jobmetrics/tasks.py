@@ -11,7 +11,7 @@ import inspect
 import threading
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Type
 
 import wrapt
 
@@ -20,7 +20,7 @@ from .durations import DurationSeries, new_duration
 from .settings import Settings
 from .window import SlidingRatio
 
-__all__ = ["STATUSES", "Stopped", "TaskHandle", "TaskSeries"]
+__all__ = ["STATUSES", "Stopped", "TaskHandle", "TaskRecorder", "TaskSeries"]
 
 SUCCESS, FAIL, STOP = 0, 1, 2
 #: Values of the ``status`` label, indexed by the constants above.
@@ -43,6 +43,24 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, Exception) and not isinstance(exc, Stopped):
         return FAIL
     return STOP
+
+
+class TaskRecorder(Protocol):
+    """What instrumentation needs of a task type's state (in-process or multi-process)."""
+
+    type: str
+
+    def begin(self) -> float:
+        """Mark one task running; return its start time (``perf_counter``)."""
+
+    def end(self, status: int, start: float) -> None:
+        """Mark the task that began at ``start`` finished with ``status``."""
+
+    def add_pending(self, n: int) -> None:
+        """Change the pending count by ``n``."""
+
+    def begin_from_pending(self) -> float:
+        """A pending task starts: pending -1, running +1."""
 
 
 class TaskSeries:
@@ -123,7 +141,7 @@ class TaskHandle:
 
     __slots__ = ("_series", "_start", "_stopped")
 
-    def __init__(self, series: Optional[TaskSeries]) -> None:
+    def __init__(self, series: Optional[TaskRecorder]) -> None:
         self._series = series
         self._start = 0.0
         self._stopped = False
@@ -178,7 +196,7 @@ class TaskHandle:
 Wrapper = Callable[[Any, Any, Tuple[Any, ...], Dict[str, Any]], Any]
 
 
-def _sync_wrapper(series: TaskSeries) -> Wrapper:
+def _sync_wrapper(series: TaskRecorder) -> Wrapper:
     begin, end = series.begin, series.end
 
     def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
@@ -194,7 +212,7 @@ def _sync_wrapper(series: TaskSeries) -> Wrapper:
     return wrapper
 
 
-def _async_wrapper(series: TaskSeries) -> Wrapper:
+def _async_wrapper(series: TaskRecorder) -> Wrapper:
     begin, end = series.begin, series.end
 
     async def run(wrapped: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
@@ -213,7 +231,7 @@ def _async_wrapper(series: TaskSeries) -> Wrapper:
     return wrapper
 
 
-def _generator_wrapper(series: TaskSeries) -> Wrapper:
+def _generator_wrapper(series: TaskRecorder) -> Wrapper:
     begin, end = series.begin, series.end
 
     # The task runs from the first next() to exhaustion; closing early is a stop.
@@ -233,7 +251,7 @@ def _generator_wrapper(series: TaskSeries) -> Wrapper:
     return wrapper
 
 
-def _async_generator_wrapper(series: TaskSeries) -> Wrapper:
+def _async_generator_wrapper(series: TaskRecorder) -> Wrapper:
     begin, end = series.begin, series.end
 
     async def run(wrapped: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
@@ -275,7 +293,7 @@ def underlying_function(func: Any) -> Any:
         else func
 
 
-def instrument(func: Any, series: TaskSeries) -> Any:
+def instrument(func: Any, series: TaskRecorder) -> Any:
     """Wrap ``func`` so every call is a task of ``series``; kind-preserving (wrapt)."""
     plain = underlying_function(func)
     if inspect.isasyncgenfunction(plain):
