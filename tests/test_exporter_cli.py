@@ -179,3 +179,17 @@ def test_help_lists_every_environment_variable() -> None:
     assert proc.returncode == 0
     for var in ENV.values():
         assert var in proc.stdout
+
+
+def test_example_script_runs(redis_server: RedisServer) -> None:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "exporter_rq.py"), "--redis-url",
+         redis_server.url()],
+        capture_output=True, text=True, timeout=60, env=env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = samples(proc.stdout)
+    assert got[("harbor_task_queue_size", (("queue", "example-emails"),))] == 3
+    assert got[("harbor_task_scheduled", (("queue", "example-emails"),))] == 1
+    promtool_check(proc.stdout)
