@@ -172,3 +172,18 @@ def test_own_client(redis_server: RedisServer, registry: CollectorRegistry) -> N
     enqueue(redis_server.client(), NS, "GC", time.time())
     RedisExporter(client=redis_server.client(), registry=registry)
     assert value(registry, "harbor_task_queue_size", type="GC") == 1
+
+
+def test_key_of_unexpected_type_leaves_only_that_queue_out(
+    redis_server: RedisServer, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = redis_server.client()
+    r.sadd(NS + ":known_jobs", "ODD")
+    r.set(NS + ":jobs:ODD", "a string, not a list")  # WRONGTYPE for LLEN
+    enqueue(r, NS, "GC", time.time())
+    make(redis_server, registry)
+    got = samples(scrape(registry))
+    sizes = {k[1]: v for k, v in got.items() if k[0] == "harbor_task_queue_size"}
+    assert sizes == {(("type", "GC"),): 1}
+    assert got[("harbor_task_exporter_up", ())] == 1
+    assert "queue 'ODD'" in caplog.text and "WRONGTYPE" in caplog.text

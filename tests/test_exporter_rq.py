@@ -111,3 +111,17 @@ def test_running_job_of_a_real_worker_counts(
         worker.kill()
         worker.wait(10)
     exporter.close()
+
+
+def test_key_of_unexpected_type_leaves_only_that_queue_out(
+    redis_server: RedisServer, registry: CollectorRegistry
+) -> None:
+    r = redis_server.client()
+    Queue("good", connection=r).enqueue("os.getcwd")
+    r.sadd("rq:queues", "rq:queue:odd")
+    r.hset("rq:queue:odd", "not", "a list")
+    RedisExporter(redis_server.url(), layout="rq", registry=registry)
+    got = samples(scrape(registry))
+    sizes = {k[1]: v for k, v in got.items() if k[0] == "harbor_task_queue_size"}
+    assert sizes == {(("queue", "good"),): 1}
+    assert got[("harbor_task_exporter_up", ())] == 1

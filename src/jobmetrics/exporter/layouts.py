@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .. import _errors
+
 __all__ = [
     "CELERY_ENQUEUED_HEADER",
     "LAYOUTS",
@@ -86,6 +88,20 @@ def _latency(now: float, enqueued_at: float) -> float:
     # Clocks of the enqueuing hosts and of the exporter disagree: a job "enqueued in the
     # future" has waited 0 s, never a negative time (Harbor's exporter reports < 0).
     return max(0.0, now - enqueued_at)
+
+
+def _failed(layout: str, queue: str, replies: Sequence[Any], out: Reading) -> bool:
+    """True (and the failure logged once) when a command about ``queue`` failed.
+
+    Pipelines run with ``raise_on_error=False``: one key of an unexpected type (WRONGTYPE)
+    leaves that queue out of the scrape instead of failing the whole read.
+    """
+    for reply in replies:
+        if isinstance(reply, Exception):
+            out.errors.append(queue)
+            _errors.report(f"exporter layout {layout}, queue {queue!r}", reply)
+            return True
+    return False
 
 
 def _bounded_members(client: Any, key: str, limit: int) -> Tuple[List[str], int]:
@@ -176,11 +192,13 @@ class HarborLayout(Layout):
             pipe.lindex(jobs, -1)
             pipe.hgetall(jobs + ":lock_info")
         pipe.zcard(self._key("scheduled"))
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         now = time.time() if now is None else now
         for i, t in enumerate(types):
             size, tail, lock_info = replies[3 * i : 3 * i + 3]
+            if _failed(self.name, t, (size, tail, lock_info), out):
+                continue
             out.queue_size[t] = float(size)
             if size == 0 or tail is None:
                 out.queue_latency[t] = 0.0  # as gocraft/work's Queues(): empty means 0
@@ -194,7 +212,8 @@ class HarborLayout(Layout):
                     out.concurrency[(t, _text(pool))] = float(count)
                 except ValueError:
                     out.errors.append(t)
-        out.scheduled[()] = float(replies[-1])
+        if not _failed(self.name, "scheduled", replies[-1:], out):
+            out.scheduled[()] = float(replies[-1])
         return out
 
 
@@ -235,11 +254,13 @@ class RQLayout(Layout):
             # belongs to a dead worker (RQ's cleanup moves it on), so it is not running.
             pipe.zcount(f"{p}:wip:{q}", now, "+inf")
             pipe.zcard(f"{p}:scheduled:{q}")
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         heads: List[Tuple[str, str]] = []
         for i, q in enumerate(queues):
             size, head_id, started, scheduled = replies[4 * i : 4 * i + 4]
+            if _failed(self.name, q, (size, head_id, started, scheduled), out):
+                continue
             out.queue_size[q] = float(size)
             out.concurrency[(q,)] = float(started)
             out.scheduled[(q,)] = float(scheduled)
@@ -251,9 +272,11 @@ class RQLayout(Layout):
             pipe = client.pipeline(transaction=False)
             for _, job_id in heads:
                 pipe.hget(f"{p}:job:{job_id}", "enqueued_at")
-            stamps = pipe.execute()
+            stamps = pipe.execute(raise_on_error=False)
             out.commands += len(stamps)
             for (q, _), stamp in zip(heads, stamps):
+                if _failed(self.name, q, (stamp,), out):
+                    continue
                 try:
                     out.queue_latency[q] = _latency(now, _rq_time(stamp))
                 except ValueError:
@@ -322,12 +345,14 @@ class CeleryLayout(Layout):
             for key in _priority_keys(p + q):
                 pipe.llen(key)
                 pipe.lindex(key, -1)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         now = time.time() if now is None else now
         per_queue = 2 * len(PRIORITY_STEPS)
         for i, q in enumerate(queues):
             chunk = replies[per_queue * i : per_queue * (i + 1)]
+            if _failed(self.name, q, chunk, out):
+                continue
             sizes, tails = chunk[0::2], chunk[1::2]
             out.queue_size[q] = float(sum(sizes))
             oldest: Optional[float] = None
