@@ -73,7 +73,8 @@ def test_stalled_redis_does_not_hang_the_scrape(
     for got in results:
         assert got[("harbor_task_exporter_up", ())] == 0
         assert not any(name == "harbor_task_queue_size" for name, _ in got)
-        assert got[("harbor_task_exporter_read_duration_seconds", ())] >= 0.3
+        # It reports the time it waited for Redis, the timeout.
+        assert got[("harbor_task_exporter_read_duration_seconds", ())] >= 0.25
     stall.join(30)
 
     assert value(registry, "harbor_task_queue_size", type="GC") == 1  # recovered by itself

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter_support import RedisServer, command_counts, enqueue, lock, schedule
-from jobmetrics.exporter import RedisExporter
+from jobmetrics.exporter import HarborLayout, RedisExporter
 from promcheck import promtool_check, samples, scrape, value
 
 NS = "{harbor_job_service_namespace}"
@@ -166,6 +166,15 @@ def test_url_or_client_exactly_one(redis_server: RedisServer) -> None:
         RedisExporter(registry=None)
     with pytest.raises(ValueError, match="exactly one of redis_url or client"):
         RedisExporter(redis_server.url(), client=redis_server.client(), registry=None)
+
+
+def test_layout_instance(redis_server: RedisServer, registry: CollectorRegistry) -> None:
+    enqueue(redis_server.client(), "work", "a", time.time())
+    layout = HarborLayout(key_prefix="work", queues=["a"])
+    RedisExporter(redis_server.url(), layout=layout, registry=registry)
+    assert value(registry, "harbor_task_queue_size", type="a") == 1
+    with pytest.raises(ValueError, match="belong to the Layout instance"):
+        RedisExporter(redis_server.url(), layout=layout, queues=["b"], registry=None)
 
 
 def test_own_client(redis_server: RedisServer, registry: CollectorRegistry) -> None:

@@ -101,6 +101,10 @@ class RedisExporter(Collector):
             raise ValueError(f"cache_seconds must be a finite number >= 0, got {cache_seconds!r}")
         self.cache_seconds = float(cache_seconds)
         if isinstance(layout, Layout):
+            if key_prefix is not None or queues:
+                raise ValueError(
+                    "key_prefix and queues belong to the Layout instance given as layout="
+                )
             self.layout = layout
         else:
             self.layout = make_layout(layout, key_prefix, queues, max_queues)

@@ -67,7 +67,9 @@ class Reading:
     """One consistent read of the store: ``label values -> value`` per family.
 
     A family absent from the layout stays empty; ``errors`` lists the queues whose
-    entries could not be decoded (their latency is left out, their size is kept).
+    entries could not be decoded (their latency is left out, their size is kept) or whose
+    keys could not be read (left out altogether); ``commands`` counts the Redis commands
+    the read sent, which does not grow with the number of jobs waiting.
     """
 
     queue_size: Dict[str, float] = field(default_factory=dict)
