@@ -10,8 +10,13 @@ from celery import Celery
 from celery.signals import before_task_publish
 from prometheus_client import CollectorRegistry
 
-from exporter_support import RedisServer
-from jobmetrics.exporter import CELERY_ENQUEUED_HEADER, RedisExporter, stamp_enqueue_time
+from exporter_support import RedisServer, command_counts
+from jobmetrics.exporter import (
+    CELERY_ENQUEUED_HEADER,
+    CeleryLayout,
+    RedisExporter,
+    stamp_enqueue_time,
+)
 from promcheck import promtool_check, samples, scrape, value
 
 
@@ -95,3 +100,25 @@ def test_global_key_prefix(redis_server: RedisServer, registry: CollectorRegistr
         app.close()
     RedisExporter(redis_server.url(1), layout="celery", key_prefix="acme:", registry=registry)
     assert sizes(registry) == {"emails": 2}
+
+
+def test_discovery_over_a_large_keyspace_is_spread_over_scrapes(
+    app: Celery, redis_server: RedisServer, registry: CollectorRegistry
+) -> None:
+    r = redis_server.client(1)
+    r.mset({f"celery-task-meta-{i}": "{}" for i in range(2000)})  # results, not queues
+    app.send_task("t.a", queue="emails")
+    app.send_task("t.a", queue="reports")
+    layout = CeleryLayout()
+    layout.max_scan_calls, layout.scan_count = 2, 50  # a small walk per scrape
+    RedisExporter(redis_server.url(1), layout=layout, registry=registry)
+    found: dict = {}
+    for _ in range(100):  # 2,000 keys / 100 per scrape: one walk takes about 20 scrapes
+        r.config_resetstat()
+        found = sizes(registry)
+        assert command_counts(r)["scan"] <= 2  # bounded work in every scrape
+        if found == {"emails": 1, "reports": 1}:
+            break
+    assert found == {"emails": 1, "reports": 1}
+    for _ in range(30):  # later walks keep them: no series flaps in and out
+        assert sizes(registry) == {"emails": 1, "reports": 1}

@@ -40,7 +40,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import _errors
 
@@ -307,26 +307,43 @@ class CeleryLayout(Layout):
     queue_label = "queue"
     default_key_prefix = ""  # kombu's global_keyprefix transport option
 
-    #: SCAN calls allowed per discovery (``count`` 1000 each): bounds the walk over a
-    #: large keyspace; give ``queues`` to skip discovery altogether.
-    max_scan_calls = 100
+    #: SCAN calls per read, ``scan_count`` keys each. On a large keyspace one walk spans
+    #: several scrapes: each read resumes where the last stopped, and the binding keys of
+    #: the last complete walk (plus those found since) are used meanwhile. Give ``queues``
+    #: to skip discovery altogether.
+    max_scan_calls = 20
+    scan_count = 1000
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+    ) -> None:
+        super().__init__(key_prefix, queues, max_queues)
+        # Reads run one at a time (RedisExporter keeps one in flight), so no lock.
+        self._cursor: Any = 0
+        self._walk: Set[str] = set()  # binding keys found by the walk in progress
+        self._known: Set[str] = set()  # binding keys found by the last complete walk
+
+    def _binding_keys(self, client: Any) -> Tuple[List[str], int]:
+        match = f"{self.key_prefix}_kombu.binding.*"
+        calls = 0
+        while calls < self.max_scan_calls:
+            self._cursor, batch = client.scan(self._cursor, match=match, count=self.scan_count)
+            calls += 1
+            self._walk.update(_text(k) for k in batch)
+            if int(self._cursor) == 0:
+                self._known, self._walk = self._walk, set()
+                break
+        keys = self._known | self._walk
+        # Worker control and event exchanges are not task queues.
+        return sorted(k for k in keys if not k.endswith((".pidbox", "celeryev"))), calls
 
     def _discover(self, client: Any) -> Tuple[List[str], int]:
-        p = self.key_prefix
-        binding = f"{p}_kombu.binding."
-        keys: List[str] = []
-        cursor: Any = 0
-        calls = 0
-        while True:
-            cursor, batch = client.scan(cursor, match=binding + "*", count=1000)
-            calls += 1
-            keys.extend(_text(k) for k in batch)
-            if int(cursor) == 0 or calls >= self.max_scan_calls:
-                break
-        # Worker control and event exchanges are not task queues.
-        keys = [k for k in keys if not k.endswith((".pidbox", "celeryev"))]
+        keys, calls = self._binding_keys(client)
         names = set()
-        for key in sorted(keys)[: self.max_queues]:
+        for key in keys[: self.max_queues]:
             members, n = _bounded_members(client, key, self.max_queues)
             calls += n
             for member in members:
