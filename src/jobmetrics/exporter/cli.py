@@ -119,6 +119,15 @@ def _layout(text: str) -> str:
     return text
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in _LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_LEVELS)}")
+    return text.upper()
+
+
 def _queues(text: str) -> List[str]:
     return [q.strip() for q in text.split(",") if q.strip()]
 
@@ -165,9 +174,8 @@ def parser() -> argparse.ArgumentParser:
                    default=_env("scheduled_total", _bool, False),
                    help="also emit Harbor's name <namespace>_task_scheduled_total (a gauge "
                    f"promtool rejects) [{ENV['scheduled_total']}]")
-    p.add_argument("--log-level", default=_env("log_level", str, "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help=f"log level (default INFO) [{ENV['log_level']}]")
+    p.add_argument("--log-level", type=_log_level, default=_env("log_level", _log_level, "INFO"),
+                   help=f"{', '.join(_LEVELS)} (default INFO) [{ENV['log_level']}]")
     return p
 
 
@@ -183,7 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     queues = args.queue if args.queue is not None else _queues(os.environ.get(ENV["queue"], ""))
     registry = CollectorRegistry()
     try:
-        check_redis_url(args.redis_url)
+        given = sys.argv[1:] if argv is None else list(argv)
+        from_flag = any(a.startswith("--redis-url") for a in given)
+        check_redis_url(args.redis_url, "--redis-url" if from_flag else ENV["redis_url"])
         exporter = RedisExporter(
             args.redis_url,
             layout=args.layout,

@@ -14,31 +14,34 @@ __all__ = ["check_redis_url", "redis_client"]
 _SCHEMES = ("redis", "rediss", "unix")
 
 
-def check_redis_url(url: object) -> str:
-    """``url`` if it is a Redis URL this exporter can use, else a ``ValueError`` saying why."""
+def check_redis_url(url: object, arg: str = "redis_url") -> str:
+    """``url`` if it is a Redis URL this exporter can use, else a ``ValueError`` saying why.
+
+    ``arg`` names the setting in the message (``--redis-url`` on the command line).
+    """
     if not isinstance(url, str):
-        raise TypeError(f"redis_url must be a str, got {type(url).__name__}")
+        raise TypeError(f"{arg} must be a str, got {type(url).__name__}")
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a port that is not a number
     except ValueError as exc:
-        raise ValueError(f"redis_url={url!r} is not a valid URL: {exc}") from None
+        raise ValueError(f"{arg}={url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"redis_url={url!r} must start with redis://, rediss:// or unix:// "
+            f"{arg}={url!r} must start with redis://, rediss:// or unix:// "
             "(e.g. redis://127.0.0.1:6379/0)"
         )
     if parts.scheme != "unix":
         if not parts.hostname:
-            raise ValueError(f"redis_url={url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
+            raise ValueError(f"{arg}={url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
         db = parts.path.lstrip("/")
         if db and not db.isdigit():
             # redis-py would silently ignore it and read database 0.
-            raise ValueError(f"redis_url={url!r}: the database {db!r} is not a number")
+            raise ValueError(f"{arg}={url!r}: the database {db!r} is not a number")
         if port == 0:
-            raise ValueError(f"redis_url={url!r}: port 0 is not a Redis port")
+            raise ValueError(f"{arg}={url!r}: port 0 is not a Redis port")
     elif not parts.path:
-        raise ValueError(f"redis_url={url!r} names no socket path (unix:///path/to/redis.sock)")
+        raise ValueError(f"{arg}={url!r} names no socket path (unix:///path/to/redis.sock)")
     return url
 
 
