@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from exporter_support import RedisServer, enqueue
+from exporter_support import RedisServer, command_counts, enqueue
 from jobmetrics.exporter import RedisExporter
 from promcheck import promtool_check, samples, scrape, value
 
@@ -56,6 +56,7 @@ def test_stalled_redis_does_not_hang_the_scrape(
     RedisExporter(redis_server.url(), timeout=0.3, registry=registry)
     assert value(registry, "harbor_task_queue_size", type="GC") == 1
 
+    r.config_resetstat()
     stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG SLEEP 4"))
     stall.start()
     time.sleep(0.2)  # let DEBUG SLEEP reach the server
@@ -76,6 +77,8 @@ def test_stalled_redis_does_not_hang_the_scrape(
         # It reports the time it waited for Redis, the timeout.
         assert got[("harbor_task_exporter_read_duration_seconds", ())] >= 0.25
     stall.join(30)
+    # The four concurrent scrapes shared one read: Redis got one discovery call, not four.
+    assert command_counts(r).get("sscan", 0) <= 1
 
     assert value(registry, "harbor_task_queue_size", type="GC") == 1  # recovered by itself
     assert value(registry, "harbor_task_exporter_up") == 1
