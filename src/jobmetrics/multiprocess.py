@@ -53,7 +53,15 @@ from .settings import Settings
 from .sketch import QuantileSketch
 from .tasks import STATUSES, STOP, SUCCESS
 
-__all__ = ["ENV_VAR", "MPHttpSeries", "MPTaskSeries", "ProcessStore", "mark_process_dead"]
+__all__ = [
+    "ENV_VAR",
+    "MPHttpSeries",
+    "MPTaskSeries",
+    "ProcessStore",
+    "child_exit",
+    "mark_process_dead",
+    "setup_celery",
+]
 
 #: The environment variable that switches multi-process mode on (prometheus_client's).
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
@@ -130,6 +138,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _NullFile:
+    """Stands in for a value file that could not be opened: writes go nowhere."""
+
+    def offset(self, key: str) -> int:
+        return 0
+
+    def write(self, off: int, value: float) -> None:
+        pass
+
+    def set(self, key: str, value: float) -> None:
+        pass
+
+
 class ProcessStore:
     """This process's value file, its lock, and the series writing into it.
 
@@ -162,7 +183,13 @@ class ProcessStore:
     def after_fork(self) -> None:
         """Re-open for the child process and reset every series."""
         self.lock = threading.Lock()
-        self.file = self._open()
+        try:
+            self.file = self._open()
+        except Exception as exc:
+            # Never write into the parent's mapping from the child: record nothing.
+            self.file = _NullFile()  # type: ignore[assignment]
+            if os.path.isdir(self.directory):  # a removed directory is nobody's to scrape
+                _errors.report(f"multiprocess file in {self.directory!r} after fork", exc)
         self._published = {}
         publishing, self._publisher = self._publisher is not None, None
         for series in self._series:
@@ -604,6 +631,29 @@ def mark_process_dead(pid: int, directory: Optional[str] = None) -> None:
     if os.path.exists(path):
         with _locked(directory, exclusive=True):
             _compact(directory, [path] if os.path.exists(path) else [])
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook, ready to use: in ``gunicorn.conf.py`` write
+    ``from jobmetrics.multiprocess import child_exit``."""
+    mark_process_dead(worker.pid)
+
+
+def setup_celery(directory: Optional[str] = None) -> None:
+    """Fold each Celery prefork child's values into the archive as it shuts down.
+
+    Call once where the Celery app is defined. Children are forked with a file of their
+    own (see :class:`ProcessStore`); this only makes their exit cheap for the next scrape.
+    """
+    from celery.signals import worker_process_shutdown
+
+    def on_shutdown(**_: Any) -> None:
+        try:
+            mark_process_dead(os.getpid(), directory)
+        except Exception as exc:
+            _errors.report("celery worker_process_shutdown", exc)
+
+    worker_process_shutdown.connect(on_shutdown, weak=False)
 
 
 def read_aggregate(directory: str, settings: Settings) -> _Aggregate:
