@@ -39,15 +39,11 @@ from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 
 from . import _errors
-from .durations import duration_metric, emit_histogram, emit_summary
+from .durations import emit_histogram, emit_summary
+from .families import new_family
 from .mpstore import ValueFile, read_values
 from .settings import Settings
 from .sketch import QuantileSketch
@@ -679,30 +675,15 @@ def collect(directory: str, settings: Settings, names: Dict[str, str],
     """Every family, merged over the processes writing to ``directory``."""
     agg = read_aggregate(directory, settings)
     s = settings
-    inflight = GaugeMetricFamily(names["inflight"], "Number of HTTP requests being served now.")
+    (inflight, requests, rdur, total, ptime, rate, running, pending, size, fam) = (
+        new_family(key, names, s) for key in (
+            "inflight", "requests", "request_duration", "tasks", "process_time",
+            "success_rate", "running", "pending", "queue_size", "info"))
     inflight.add_metric((), agg.inflight)
-    requests = CounterMetricFamily(names["requests"], "Total number of finished HTTP requests.",
-                                   labels=("method", "code", "operation"))
     for k3, v in sorted(agg.requests.items()):
         requests.add_metric(k3, v)
-    rdur = duration_metric(
-        names["request_duration"],
-        "HTTP request latency in seconds, from the first byte of the request to the last "
-        "byte of the response.", s.http_duration)
     for (method, op), d in sorted(agg.http_durations.items()):
         _emit(rdur, {"method": method, "operation": op}, d, s)
-    total = CounterMetricFamily(names["tasks"], "Total number of finished tasks by type and "
-                                "status.", labels=("type", "status"))
-    ptime = duration_metric(names["process_time"], "Task run time in seconds by type and "
-                            "status.", s.task_duration)
-    rate = GaugeMetricFamily(
-        names["success_rate"],
-        "Share of tasks that succeeded, success / (success + fail), among those finished "
-        "within the success-rate window; NaN when none finished in it.", labels=("type",))
-    running = GaugeMetricFamily(names["running"], "Number of tasks executing now.",
-                                labels=("type",))
-    pending = GaugeMetricFamily(names["pending"], "Number of tasks accepted but not yet "
-                                "started.", labels=("type",))
     for t in sorted(agg.types):
         for i, status in enumerate(STATUSES):
             d = agg.task_durations.get((t, i)) or _DurAgg()
@@ -712,11 +693,8 @@ def collect(directory: str, settings: Settings, names: Dict[str, str],
         rate.add_metric((t,), good / (good + bad) if good + bad else math.nan)
         running.add_metric((t,), agg.running.get(t, 0.0))
         pending.add_metric((t,), agg.pending.get(t, 0.0))
-    size = GaugeMetricFamily(names["queue_size"], "Number of items in an instrumented queue.",
-                             labels=("queue",))
     for name, v in sorted(agg.queues.items()):
         size.add_metric((name,), v)
-    fam = InfoMetricFamily(names["info"], "The node, worker pool and worker count serving.")
     merged_info = dict(info)
     if merged_info.get("workers") in ("", "0"):
         merged_info["workers"] = str(agg.live)
