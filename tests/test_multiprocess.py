@@ -190,3 +190,55 @@ def test_environment_variable_switches_it_on(tmp_path: Path,
     assert m.settings.multiprocess_dir == str(tmp_path)
     off = JobMetrics("other", registry=CollectorRegistry(), multiprocess_dir="")
     assert off.settings.multiprocess_dir == ""
+
+
+def test_mark_process_dead_folds_a_file_now(mp: JobMetrics) -> None:
+    from jobmetrics.multiprocess import child_exit
+
+    done = CTX.Event()
+    hold = CTX.Event()
+
+    def worker() -> None:
+        with mp.track_task("w"):
+            pass
+        done.set()
+        hold.wait(30)
+
+    p = CTX.Process(target=worker)
+    p.start()
+    assert done.wait(20)
+    d = Path(mp.settings.multiprocess_dir)
+    assert (d / f"jobmetrics-{p.pid}.db").exists()
+
+    class Worker:
+        pid = p.pid
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)
+    try:
+        child_exit(None, Worker())  # as gunicorn calls it
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    assert not (d / f"jobmetrics-{p.pid}.db").exists()
+    hold.set()
+    p.join(10)
+    assert got(mp)[t("w", "success")] == 1.0
+
+
+def test_fork_after_the_directory_is_gone_records_nothing_and_never_raises(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "gone"
+    d.mkdir()
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(d))
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+
+    def child() -> None:
+        with m.track_task("x"):
+            pass
+
+    p = CTX.Process(target=child)
+    p.start()
+    p.join(20)
+    assert p.exitcode == 0

@@ -12,16 +12,11 @@ from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import _errors, multiprocess
-from .durations import duration_metric
+from .families import FAMILIES, family_names, new_family
 from .http_series import HttpRecorder, HttpSeries
 from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
 from .push import PushOnExit
@@ -48,19 +43,7 @@ class _Families:
 
     def __init__(self, settings: Settings, node: str, pool: str, workers: int) -> None:
         self.settings = settings
-        p = settings.prefix
-        self.names = {
-            "inflight": p + "http_inflight_requests",
-            "requests": p + "http_request",  # counter: exposed as ..._total
-            "request_duration": p + "http_request_duration_seconds",
-            "tasks": p + "task",  # counter: exposed as ..._task_total
-            "process_time": p + "task_process_time_seconds",
-            "success_rate": p + "task_success_rate",
-            "running": p + "running_task",
-            "pending": p + "pending_task",
-            "queue_size": p + "queue_size",
-            "info": p.rstrip("_"),  # info: exposed as ..._info
-        }
+        self.names = family_names(settings.prefix)
         self._lock = threading.Lock()
         self.tasks: Dict[str, TaskRecorder] = {}
         self.info = {"node": node, "pool": pool, "workers": str(workers)}
@@ -94,20 +77,7 @@ class _Families:
     # -- collector ---------------------------------------------------------------
 
     def describe(self) -> List[Metric]:
-        n = self.names
-        s = self.settings
-        return [
-            GaugeMetricFamily(n["inflight"], ""),
-            CounterMetricFamily(n["requests"], ""),
-            duration_metric(n["request_duration"], "", s.http_duration),
-            CounterMetricFamily(n["tasks"], ""),
-            duration_metric(n["process_time"], "", s.task_duration),
-            GaugeMetricFamily(n["success_rate"], ""),
-            GaugeMetricFamily(n["running"], ""),
-            GaugeMetricFamily(n["pending"], ""),
-            GaugeMetricFamily(n["queue_size"], ""),
-            InfoMetricFamily(n["info"], ""),
-        ]
+        return [new_family(key, self.names, self.settings) for key in FAMILIES]
 
     def collect(self) -> Iterable[Metric]:
         if self.store is not None:
@@ -124,59 +94,36 @@ class _Families:
             except Exception as exc:  # a scrape must not fail because of one part
                 _errors.report(f"collect {part.__name__}", exc)
 
+    def _family(self, key: str) -> Any:
+        return new_family(key, self.names, self.settings)
+
     def _collect_http(self) -> List[Metric]:
-        n, s = self.names, self.settings
+        quantiles = self.settings.quantiles
         http = self.http
         assert isinstance(http, HttpSeries)
         now = perf_counter()
-        inflight = GaugeMetricFamily(n["inflight"], "Number of HTTP requests being served now.")
-        requests = CounterMetricFamily(
-            n["requests"], "Total number of finished HTTP requests.",
-            labels=("method", "code", "operation"),
-        )
-        duration = duration_metric(
-            n["request_duration"],
-            "HTTP request latency in seconds, from the first byte of the request to the "
-            "last byte of the response.",
-            s.http_duration,
-        )
+        inflight, requests, duration = map(
+            self._family, ("inflight", "requests", "request_duration"))
         with http.lock():
             inflight.add_metric((), float(http.inflight))
             for (method, code, op), count in http.counts.items():
                 requests.add_metric((method, code, op), float(count))
             for (method, op), series in http.durations.items():
-                series.emit(duration, {"method": method, "operation": op}, s.quantiles, now)
+                series.emit(duration, {"method": method, "operation": op}, quantiles, now)
         return [inflight, requests, duration]
 
     def _collect_tasks(self) -> List[Metric]:
-        n, s = self.names, self.settings
+        quantiles = self.settings.quantiles
         now = perf_counter()
-        total = CounterMetricFamily(
-            n["tasks"], "Total number of finished tasks by type and status.",
-            labels=("type", "status"),
-        )
-        ptime = duration_metric(
-            n["process_time"], "Task run time in seconds by type and status.", s.task_duration
-        )
-        rate = GaugeMetricFamily(
-            n["success_rate"],
-            "Share of tasks that succeeded, success / (success + fail), among those finished "
-            "within the success-rate window; NaN when none finished in it.",
-            labels=("type",),
-        )
-        running = GaugeMetricFamily(
-            n["running"], "Number of tasks executing now.", labels=("type",)
-        )
-        pending = GaugeMetricFamily(
-            n["pending"], "Number of tasks accepted but not yet started.", labels=("type",)
-        )
+        total, ptime, rate, running, pending = map(
+            self._family, ("tasks", "process_time", "success_rate", "running", "pending"))
         for task_type, series in list(self.tasks.items()):
             assert isinstance(series, TaskSeries)
             with series.lock():
                 for i, status in enumerate(STATUSES):
                     total.add_metric((task_type, status), float(series.counts[i]))
                     series.durations[i].emit(
-                        ptime, {"type": task_type, "status": status}, s.quantiles, now
+                        ptime, {"type": task_type, "status": status}, quantiles, now
                     )
                 rate.add_metric((task_type,), series.ratio.ratio(now))
                 running.add_metric((task_type,), float(series.running))
@@ -184,13 +131,9 @@ class _Families:
         return [total, ptime, rate, running, pending]
 
     def _collect_other(self) -> List[Metric]:
-        n = self.names
-        size = GaugeMetricFamily(
-            n["queue_size"], "Number of items in an instrumented queue.", labels=("queue",)
-        )
+        size, info = self._family("queue_size"), self._family("info")
         for name, value in sorted(self.queues.read().items()):
             size.add_metric((name,), float(value))
-        info = InfoMetricFamily(n["info"], "The node, worker pool and worker count serving.")
         info.add_metric((), dict(self.info))
         return [size, info]
 

@@ -39,21 +39,25 @@ from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 
 from . import _errors
-from .durations import duration_metric, emit_histogram, emit_summary
+from .durations import emit_histogram, emit_summary
+from .families import new_family
 from .mpstore import ValueFile, read_values
 from .settings import Settings
 from .sketch import QuantileSketch
 from .tasks import STATUSES, STOP, SUCCESS
 
-__all__ = ["ENV_VAR", "MPHttpSeries", "MPTaskSeries", "ProcessStore", "mark_process_dead"]
+__all__ = [
+    "ENV_VAR",
+    "MPHttpSeries",
+    "MPTaskSeries",
+    "ProcessStore",
+    "child_exit",
+    "mark_process_dead",
+    "setup_celery",
+]
 
 #: The environment variable that switches multi-process mode on (prometheus_client's).
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
@@ -130,6 +134,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _NullFile:
+    """Stands in for a value file that could not be opened: writes go nowhere."""
+
+    def offset(self, key: str) -> int:
+        return 0
+
+    def write(self, off: int, value: float) -> None:
+        pass
+
+    def set(self, key: str, value: float) -> None:
+        pass
+
+
 class ProcessStore:
     """This process's value file, its lock, and the series writing into it.
 
@@ -162,7 +179,13 @@ class ProcessStore:
     def after_fork(self) -> None:
         """Re-open for the child process and reset every series."""
         self.lock = threading.Lock()
-        self.file = self._open()
+        try:
+            self.file = self._open()
+        except Exception as exc:
+            # Never write into the parent's mapping from the child: record nothing.
+            self.file = _NullFile()  # type: ignore[assignment]
+            if os.path.isdir(self.directory):  # a removed directory is nobody's to scrape
+                _errors.report(f"multiprocess file in {self.directory!r} after fork", exc)
         self._published = {}
         publishing, self._publisher = self._publisher is not None, None
         for series in self._series:
@@ -606,6 +629,29 @@ def mark_process_dead(pid: int, directory: Optional[str] = None) -> None:
             _compact(directory, [path] if os.path.exists(path) else [])
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook, ready to use: in ``gunicorn.conf.py`` write
+    ``from jobmetrics.multiprocess import child_exit``."""
+    mark_process_dead(worker.pid)
+
+
+def setup_celery(directory: Optional[str] = None) -> None:
+    """Fold each Celery prefork child's values into the archive as it shuts down.
+
+    Call once where the Celery app is defined. Children are forked with a file of their
+    own (see :class:`ProcessStore`); this only makes their exit cheap for the next scrape.
+    """
+    from celery.signals import worker_process_shutdown
+
+    def on_shutdown(**_: Any) -> None:
+        try:
+            mark_process_dead(os.getpid(), directory)
+        except Exception as exc:
+            _errors.report("celery worker_process_shutdown", exc)
+
+    worker_process_shutdown.connect(on_shutdown, weak=False)
+
+
 def read_aggregate(directory: str, settings: Settings) -> _Aggregate:
     """Read and merge every process's file (folding the dead ones into the archive)."""
     paths = glob.glob(os.path.join(directory, f"{_PREFIX}*.db"))
@@ -629,30 +675,15 @@ def collect(directory: str, settings: Settings, names: Dict[str, str],
     """Every family, merged over the processes writing to ``directory``."""
     agg = read_aggregate(directory, settings)
     s = settings
-    inflight = GaugeMetricFamily(names["inflight"], "Number of HTTP requests being served now.")
+    (inflight, requests, rdur, total, ptime, rate, running, pending, size, fam) = (
+        new_family(key, names, s) for key in (
+            "inflight", "requests", "request_duration", "tasks", "process_time",
+            "success_rate", "running", "pending", "queue_size", "info"))
     inflight.add_metric((), agg.inflight)
-    requests = CounterMetricFamily(names["requests"], "Total number of finished HTTP requests.",
-                                   labels=("method", "code", "operation"))
     for k3, v in sorted(agg.requests.items()):
         requests.add_metric(k3, v)
-    rdur = duration_metric(
-        names["request_duration"],
-        "HTTP request latency in seconds, from the first byte of the request to the last "
-        "byte of the response.", s.http_duration)
     for (method, op), d in sorted(agg.http_durations.items()):
         _emit(rdur, {"method": method, "operation": op}, d, s)
-    total = CounterMetricFamily(names["tasks"], "Total number of finished tasks by type and "
-                                "status.", labels=("type", "status"))
-    ptime = duration_metric(names["process_time"], "Task run time in seconds by type and "
-                            "status.", s.task_duration)
-    rate = GaugeMetricFamily(
-        names["success_rate"],
-        "Share of tasks that succeeded, success / (success + fail), among those finished "
-        "within the success-rate window; NaN when none finished in it.", labels=("type",))
-    running = GaugeMetricFamily(names["running"], "Number of tasks executing now.",
-                                labels=("type",))
-    pending = GaugeMetricFamily(names["pending"], "Number of tasks accepted but not yet "
-                                "started.", labels=("type",))
     for t in sorted(agg.types):
         for i, status in enumerate(STATUSES):
             d = agg.task_durations.get((t, i)) or _DurAgg()
@@ -662,11 +693,8 @@ def collect(directory: str, settings: Settings, names: Dict[str, str],
         rate.add_metric((t,), good / (good + bad) if good + bad else math.nan)
         running.add_metric((t,), agg.running.get(t, 0.0))
         pending.add_metric((t,), agg.pending.get(t, 0.0))
-    size = GaugeMetricFamily(names["queue_size"], "Number of items in an instrumented queue.",
-                             labels=("queue",))
     for name, v in sorted(agg.queues.items()):
         size.add_metric((name,), v)
-    fam = InfoMetricFamily(names["info"], "The node, worker pool and worker count serving.")
     merged_info = dict(info)
     if merged_info.get("workers") in ("", "0"):
         merged_info["workers"] = str(agg.live)

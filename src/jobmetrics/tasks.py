@@ -212,6 +212,15 @@ def _sync_wrapper(series: TaskRecorder) -> Wrapper:
     return wrapper
 
 
+def _calling(run: Callable[[Any, Tuple[Any, ...], Dict[str, Any]], Any]) -> Wrapper:
+    # For the kinds whose bookkeeping lives in a coroutine or generator of its own:
+    # the call only creates it; the task starts when it is first resumed.
+    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        return run(wrapped, args, kwargs)
+
+    return wrapper
+
+
 def _async_wrapper(series: TaskRecorder) -> Wrapper:
     begin, end = series.begin, series.end
 
@@ -225,10 +234,7 @@ def _async_wrapper(series: TaskRecorder) -> Wrapper:
         end(SUCCESS, start)
         return result
 
-    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        return run(wrapped, args, kwargs)
-
-    return wrapper
+    return _calling(run)
 
 
 def _generator_wrapper(series: TaskRecorder) -> Wrapper:
@@ -245,10 +251,7 @@ def _generator_wrapper(series: TaskRecorder) -> Wrapper:
         end(SUCCESS, start)
         return result
 
-    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        return run(wrapped, args, kwargs)
-
-    return wrapper
+    return _calling(run)
 
 
 def _async_generator_wrapper(series: TaskRecorder) -> Wrapper:
@@ -281,10 +284,7 @@ def _async_generator_wrapper(series: TaskRecorder) -> Wrapper:
             raise
         end(SUCCESS, start)
 
-    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        return run(wrapped, args, kwargs)
-
-    return wrapper
+    return _calling(run)
 
 
 def underlying_function(func: Any) -> Any:
