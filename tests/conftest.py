@@ -15,3 +15,5 @@ def registry() -> CollectorRegistry:
 def m(registry: CollectorRegistry) -> JobMetrics:
     """A JobMetrics on a registry of its own, with the default prefix."""
     return JobMetrics(registry=registry, process_collectors=False)
+
+from exporter_support import redis_server  # noqa: E402, F401  (fixture for the exporter tests)

@@ -1,0 +1,434 @@
+"""Where each job system keeps its queues in Redis, and how to read them in bounded work.
+
+A layout turns one pass over Redis into a :class:`Reading`. Every layout reads a fixed
+number of round trips per scrape (queue discovery, then one or two pipelines) and a fixed
+number of commands per queue (``LLEN``, ``LINDEX``, ``ZCARD``/``ZCOUNT``, ``HGETALL`` of a
+small hash), so the cost does not grow with the number of jobs waiting. Queue discovery
+walks a set with ``SSCAN`` (or the keyspace with ``SCAN``, never ``KEYS``) and stops at
+``max_queues``.
+
+Key layouts, each checked against the job system's own source:
+
+``harbor``
+    gocraft/work, as Harbor's jobservice uses it (``redis.go`` in gocraft/work). With the
+    key prefix ``ns`` (Harbor: ``{harbor_job_service_namespace}``; a ``:`` is appended
+    unless it already ends with one): ``ns:known_jobs`` (set of job names),
+    ``ns:jobs:<name>`` (list; ``LPUSH`` to enqueue and ``RPOPLPUSH`` to fetch, so the
+    oldest job is at the tail; the job is JSON whose field ``t`` is its enqueue time in
+    epoch seconds), ``ns:jobs:<name>:lock_info`` (hash worker-pool id -> jobs of that
+    name running in that pool) and ``ns:scheduled`` (sorted set of scheduled jobs).
+``rq``
+    RQ (``queue.py``, ``registry.py``, ``job.py``). With the prefix ``rq``:
+    ``rq:queues`` (set of queue keys), ``rq:queue:<name>`` (list of job ids, ``RPUSH`` to
+    enqueue and ``LPOP`` to fetch, so the oldest is at the head), ``rq:job:<id>`` (hash
+    whose ``enqueued_at`` is ``%Y-%m-%dT%H:%M:%S.%fZ`` in UTC), ``rq:wip:<name>`` (the
+    started-job registry: sorted set scored by the time an entry expires) and
+    ``rq:scheduled:<name>`` (the scheduled-job registry).
+``celery``
+    Celery's Redis broker (kombu's ``transport/redis.py``). A queue ``q`` is the list
+    ``q`` plus one list per priority step, ``q\\x06\\x163``, ``q\\x06\\x166``,
+    ``q\\x06\\x169`` (``LPUSH`` to publish, ``BRPOP`` to consume: oldest at the tail);
+    queues are declared in the sets ``_kombu.binding.<exchange>`` whose members are
+    ``routing_key\\x06\\x16pattern\\x06\\x16queue``. A message is JSON with ``headers``;
+    Celery puts no enqueue time in it, so the latency is reported only for messages
+    stamped by :func:`stamp_enqueue_time` (see docs/exporter.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .. import _errors
+
+__all__ = [
+    "CELERY_ENQUEUED_HEADER",
+    "LAYOUTS",
+    "CeleryLayout",
+    "HarborLayout",
+    "Layout",
+    "RQLayout",
+    "Reading",
+    "make_layout",
+    "stamp_enqueue_time",
+]
+
+Labels = Tuple[str, ...]
+
+#: The Celery message header :func:`stamp_enqueue_time` sets (epoch seconds, a float).
+CELERY_ENQUEUED_HEADER = "jobmetrics_enqueued_at"
+
+
+@dataclass
+class Reading:
+    """One consistent read of the store: ``label values -> value`` per family.
+
+    A family absent from the layout stays empty; ``errors`` lists the queues whose
+    entries could not be decoded (their latency is left out, their size is kept) or whose
+    keys could not be read (left out altogether); ``commands`` counts the Redis commands
+    the read sent, which does not grow with the number of jobs waiting.
+    """
+
+    queue_size: Dict[str, float] = field(default_factory=dict)
+    queue_latency: Dict[str, float] = field(default_factory=dict)
+    concurrency: Dict[Labels, float] = field(default_factory=dict)
+    scheduled: Dict[Labels, float] = field(default_factory=dict)
+    commands: int = 0
+    errors: List[str] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _latency(now: float, enqueued_at: float) -> float:
+    # Clocks of the enqueuing hosts and of the exporter disagree: a job "enqueued in the
+    # future" has waited 0 s, never a negative time (Harbor's exporter reports < 0).
+    return max(0.0, now - enqueued_at)
+
+
+def _failed(layout: str, queue: str, replies: Sequence[Any], out: Reading) -> bool:
+    """True (and the failure logged once) when a command about ``queue`` failed.
+
+    Pipelines run with ``raise_on_error=False``: one key of an unexpected type (WRONGTYPE)
+    leaves that queue out of the scrape instead of failing the whole read.
+    """
+    for reply in replies:
+        if isinstance(reply, Exception):
+            out.errors.append(queue)
+            _errors.report(f"exporter layout {layout}, queue {queue!r}", reply)
+            return True
+    return False
+
+
+def _bounded_members(client: Any, key: str, limit: int) -> Tuple[List[str], int]:
+    """Up to ``limit`` members of a set, sorted, walked with SSCAN; and the SSCAN calls."""
+    out: List[str] = []
+    cursor: Any = 0
+    calls = 0
+    while True:
+        cursor, members = client.sscan(key, cursor, count=max(100, limit))
+        calls += 1
+        out.extend(_text(m) for m in members)
+        if int(cursor) == 0 or len(out) >= limit:
+            break
+    return sorted(set(out))[:limit], calls
+
+
+class Layout:
+    """How one job system keeps its queues in Redis; subclasses read one of them.
+
+    ``queues`` fixes the queues (job types for ``harbor``) to read; when empty they are
+    discovered at each read, at most ``max_queues`` of them.
+    """
+
+    #: Name used by ``--layout``.
+    name = ""
+    #: Label naming a queue: ``type`` where there is one queue per job type (Harbor's),
+    #: ``queue`` for named queues (RQ, Celery).
+    queue_label = "queue"
+    #: Labels of ``<ns>_task_concurrency``, or None when the layout has no such family.
+    concurrency_labels: Optional[Labels] = None
+    #: Labels of ``<ns>_task_scheduled``, or None when the layout has no such family.
+    scheduled_labels: Optional[Labels] = None
+    #: Key prefix used when none is given.
+    default_key_prefix = ""
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+    ) -> None:
+        if isinstance(queues, str):
+            raise TypeError("queues must be a sequence of names, not a str")
+        if key_prefix is not None and not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        if isinstance(max_queues, bool) or not isinstance(max_queues, int) or max_queues < 1:
+            raise ValueError(f"max_queues must be an int >= 1, got {max_queues!r}")
+        for q in queues:
+            if not isinstance(q, str) or not q:
+                raise ValueError(f"queues must hold non-empty names, got {q!r}")
+        self.key_prefix = self.default_key_prefix if key_prefix is None else key_prefix
+        self.queues: Tuple[str, ...] = tuple(dict.fromkeys(queues))
+        self.max_queues = max_queues
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Read every family of this layout from ``client`` (a ``redis.Redis``)."""
+        raise NotImplementedError
+
+
+class HarborLayout(Layout):
+    """gocraft/work's keys, as Harbor's jobservice keeps them (one queue per job type)."""
+
+    name = "harbor"
+    queue_label = "type"
+    concurrency_labels = ("type", "pool")
+    scheduled_labels = ()
+    default_key_prefix = "{harbor_job_service_namespace}"
+
+    def _key(self, suffix: str) -> str:
+        ns = self.key_prefix
+        # gocraft/work's redisNamespacePrefix: append ':' unless it is there already.
+        if ns and not ns.endswith(":"):
+            ns += ":"
+        return ns + suffix
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Sizes, latency from the tail job's ``t``, concurrency per pool, scheduled."""
+        out = Reading()
+        types = list(self.queues)
+        if not types:
+            types, out.commands = _bounded_members(
+                client, self._key("known_jobs"), self.max_queues
+            )
+        pipe = client.pipeline(transaction=False)
+        for t in types:
+            jobs = self._key("jobs:" + t)
+            pipe.llen(jobs)
+            pipe.lindex(jobs, -1)
+            pipe.hgetall(jobs + ":lock_info")
+        pipe.zcard(self._key("scheduled"))
+        replies = pipe.execute(raise_on_error=False)
+        out.commands += len(replies)
+        now = time.time() if now is None else now
+        for i, t in enumerate(types):
+            size, tail, lock_info = replies[3 * i : 3 * i + 3]
+            if _failed(self.name, t, (size, tail, lock_info), out):
+                continue
+            out.queue_size[t] = float(size)
+            if size == 0 or tail is None:
+                out.queue_latency[t] = 0.0  # as gocraft/work's Queues(): empty means 0
+            else:
+                try:
+                    out.queue_latency[t] = _latency(now, float(json.loads(tail)["t"]))
+                except (ValueError, KeyError, TypeError):
+                    out.errors.append(t)
+            for pool, count in sorted(lock_info.items()):
+                try:
+                    out.concurrency[(t, _text(pool))] = float(count)
+                except ValueError:
+                    out.errors.append(t)
+        if not _failed(self.name, "scheduled", replies[-1:], out):
+            out.scheduled[()] = float(replies[-1])
+        return out
+
+
+def _rq_time(value: Any) -> float:
+    text = _text(value)
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):  # RQ's utcparse formats
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    raise ValueError(f"not an RQ timestamp: {text!r}")
+
+
+class RQLayout(Layout):
+    """RQ's queues, started and scheduled registries and job hashes."""
+
+    name = "rq"
+    queue_label = "queue"
+    concurrency_labels = ("queue",)
+    scheduled_labels = ("queue",)
+    default_key_prefix = "rq"
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Sizes, latency of the head job, started (unexpired) and scheduled counts."""
+        out = Reading()
+        p = self.key_prefix
+        queues = list(self.queues)
+        if not queues:
+            keys, out.commands = _bounded_members(client, f"{p}:queues", self.max_queues)
+            head = f"{p}:queue:"
+            queues = sorted({k[len(head) :] for k in keys if k.startswith(head)})
+        now = time.time() if now is None else now
+        pipe = client.pipeline(transaction=False)
+        for q in queues:
+            pipe.llen(f"{p}:queue:{q}")
+            pipe.lindex(f"{p}:queue:{q}", 0)
+            # Started entries are scored by when they expire: an entry already expired
+            # belongs to a dead worker (RQ's cleanup moves it on), so it is not running.
+            pipe.zcount(f"{p}:wip:{q}", now, "+inf")
+            pipe.zcard(f"{p}:scheduled:{q}")
+        replies = pipe.execute(raise_on_error=False)
+        out.commands += len(replies)
+        heads: List[Tuple[str, str]] = []
+        for i, q in enumerate(queues):
+            size, head_id, started, scheduled = replies[4 * i : 4 * i + 4]
+            if _failed(self.name, q, (size, head_id, started, scheduled), out):
+                continue
+            out.queue_size[q] = float(size)
+            out.concurrency[(q,)] = float(started)
+            out.scheduled[(q,)] = float(scheduled)
+            if size == 0 or head_id is None:
+                out.queue_latency[q] = 0.0
+            else:
+                heads.append((q, _text(head_id)))
+        if heads:
+            pipe = client.pipeline(transaction=False)
+            for _, job_id in heads:
+                pipe.hget(f"{p}:job:{job_id}", "enqueued_at")
+            stamps = pipe.execute(raise_on_error=False)
+            out.commands += len(stamps)
+            for (q, _), stamp in zip(heads, stamps):
+                if _failed(self.name, q, (stamp,), out):
+                    continue
+                try:
+                    out.queue_latency[q] = _latency(now, _rq_time(stamp))
+                except ValueError:
+                    # The job hash expired or was deleted under its id: age unknown.
+                    out.errors.append(q)
+        return out
+
+
+SEP = "\x06\x16"  # kombu's Redis transport separator
+PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default priority_steps
+
+
+def _celery_enqueued_at(message: Any) -> Optional[float]:
+    payload = json.loads(message)
+    headers = payload.get("headers") or {}
+    stamp = headers.get(CELERY_ENQUEUED_HEADER)
+    if stamp is None:
+        return None
+    return float(stamp)
+
+
+class CeleryLayout(Layout):
+    """Celery's Redis broker: a list per queue and per priority step."""
+
+    name = "celery"
+    queue_label = "queue"
+    default_key_prefix = ""  # kombu's global_keyprefix transport option
+
+    #: SCAN calls per read, ``scan_count`` keys each. On a large keyspace one walk spans
+    #: several scrapes: each read resumes where the last stopped, and the binding keys of
+    #: the last complete walk (plus those found since) are used meanwhile. Give ``queues``
+    #: to skip discovery altogether.
+    max_scan_calls = 20
+    scan_count = 1000
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+    ) -> None:
+        super().__init__(key_prefix, queues, max_queues)
+        # Reads run one at a time (RedisExporter keeps one in flight), so no lock.
+        self._cursor: Any = 0
+        self._walk: Set[str] = set()  # binding keys found by the walk in progress
+        self._known: Set[str] = set()  # binding keys found by the last complete walk
+
+    def _binding_keys(self, client: Any) -> Tuple[List[str], int]:
+        match = f"{self.key_prefix}_kombu.binding.*"
+        calls = 0
+        while calls < self.max_scan_calls:
+            self._cursor, batch = client.scan(self._cursor, match=match, count=self.scan_count)
+            calls += 1
+            self._walk.update(_text(k) for k in batch)
+            if int(self._cursor) == 0:
+                self._known, self._walk = self._walk, set()
+                break
+        keys = self._known | self._walk
+        # Worker control and event exchanges are not task queues.
+        return sorted(k for k in keys if not k.endswith((".pidbox", "celeryev"))), calls
+
+    def _discover(self, client: Any) -> Tuple[List[str], int]:
+        keys, calls = self._binding_keys(client)
+        names = set()
+        for key in keys[: self.max_queues]:
+            members, n = _bounded_members(client, key, self.max_queues)
+            calls += n
+            for member in members:
+                parts = member.split(SEP)
+                if len(parts) == 3 and parts[2]:
+                    names.add(parts[2])
+        return sorted(names)[: self.max_queues], calls
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Sizes summed over priority lists; latency of stamped messages at the tails."""
+        out = Reading()
+        queues = list(self.queues)
+        if not queues:
+            queues, out.commands = self._discover(client)
+        p = self.key_prefix
+        pipe = client.pipeline(transaction=False)
+        for q in queues:
+            for key in _priority_keys(p + q):
+                pipe.llen(key)
+                pipe.lindex(key, -1)
+        replies = pipe.execute(raise_on_error=False)
+        out.commands += len(replies)
+        now = time.time() if now is None else now
+        per_queue = 2 * len(PRIORITY_STEPS)
+        for i, q in enumerate(queues):
+            chunk = replies[per_queue * i : per_queue * (i + 1)]
+            if _failed(self.name, q, chunk, out):
+                continue
+            sizes, tails = chunk[0::2], chunk[1::2]
+            out.queue_size[q] = float(sum(sizes))
+            oldest: Optional[float] = None
+            unknown = False
+            for size, tail in zip(sizes, tails):
+                if size == 0 or tail is None:
+                    continue
+                try:
+                    stamp = _celery_enqueued_at(tail)
+                except (ValueError, TypeError, AttributeError):
+                    out.errors.append(q)
+                    unknown = True
+                    continue
+                if stamp is None:
+                    unknown = True
+                elif oldest is None or stamp < oldest:
+                    oldest = stamp
+            if sum(sizes) == 0:
+                out.queue_latency[q] = 0.0
+            elif oldest is not None and not unknown:
+                out.queue_latency[q] = _latency(now, oldest)
+        return out
+
+
+def _priority_keys(queue: str) -> Iterable[str]:
+    for step in PRIORITY_STEPS:
+        yield f"{queue}{SEP}{step}" if step else queue
+
+
+def stamp_enqueue_time(headers: Optional[Dict[str, Any]] = None, **_: Any) -> None:
+    """Celery ``before_task_publish`` handler: stamp each message with its enqueue time.
+
+    Celery's messages carry no enqueue time, so the ``celery`` layout can report a queue's
+    latency only for stamped messages. Connect it in the producers::
+
+        from celery.signals import before_task_publish
+        before_task_publish.connect(stamp_enqueue_time, weak=False)
+    """
+    if headers is not None:
+        headers.setdefault(CELERY_ENQUEUED_HEADER, time.time())
+
+
+#: Layouts by ``--layout`` name.
+LAYOUTS = {cls.name: cls for cls in (HarborLayout, RQLayout, CeleryLayout)}
+
+
+def make_layout(
+    name: str,
+    key_prefix: Optional[str] = None,
+    queues: Sequence[str] = (),
+    max_queues: int = 500,
+) -> Layout:
+    """The layout called ``name`` (``harbor``, ``rq`` or ``celery``)."""
+    try:
+        cls = LAYOUTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"layout={name!r} is not a known layout: choose one of {', '.join(LAYOUTS)}"
+        ) from None
+    return cls(key_prefix=key_prefix, queues=queues, max_queues=max_queues)
