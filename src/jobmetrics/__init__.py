@@ -8,21 +8,25 @@
 
 from __future__ import annotations
 
+from .asgi import ASGIMiddleware
 from .core import JobMetrics, default_metrics, set_default_metrics
 from .exposition import make_asgi_app, make_wsgi_app, start_http_server
 from .settings import DEFAULT_BUCKETS, DEFAULT_QUANTILES
 from .sketch import QuantileSketch
 from .summary import QuantileSummary
 from .tasks import Stopped, TaskHandle
+from .wsgi import WSGIMiddleware
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "DEFAULT_QUANTILES",
+    "ASGIMiddleware",
     "JobMetrics",
     "QuantileSketch",
     "QuantileSummary",
     "Stopped",
     "TaskHandle",
+    "WSGIMiddleware",
     "default_metrics",
     "make_asgi_app",
     "make_wsgi_app",

@@ -1,0 +1,134 @@
+"""``ASGIMiddleware``: the ``http_*`` families for any ASGI app (Starlette, FastAPI, ...).
+
+A pure ASGI middleware, as Starlette's own: it wraps ``send`` and nothing else, so
+streaming, background tasks and ``contextvars`` behave exactly as without it. Only
+``http`` scopes are measured; ``websocket`` and ``lifespan`` pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, MutableMapping
+from typing import Any, Callable, Optional
+
+from . import _errors
+from .http_common import UNKNOWN, LabelPolicy
+
+__all__ = ["ASGIMiddleware", "starlette_operation"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Recorded as ``code`` when the client went away before any response was sent (the
+#: request was cancelled): nginx's "client closed request".
+CLIENT_CLOSED = "499"
+
+
+def starlette_operation(scope: Scope, root_path: str) -> Optional[str]:
+    """The route template Starlette/FastAPI matched, with the prefixes of any mounts.
+
+    Starlette's router leaves the matched route in ``scope["route"]`` and adds each
+    mount's prefix to ``scope["root_path"]``; ``root_path`` is the value before the app.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    prefix = scope.get("root_path", "")
+    prefix = prefix[len(root_path):] if prefix.startswith(root_path) else ""
+    if not hasattr(route, "endpoint"):  # a Mount: nothing inside it matched
+        # A mounted router that matched nothing is a 404; a mounted app without routes
+        # (static files, another framework) serves everything under the prefix.
+        return None if getattr(route, "routes", None) else prefix + "/{path}"
+    return prefix + path
+
+
+class ASGIMiddleware:
+    """Counts, times and tracks in flight every HTTP request of an ASGI app.
+
+    ``app.add_middleware(ASGIMiddleware, metrics=m)`` (Starlette, FastAPI) or
+    ``ASGIMiddleware(app, metrics=m)``.
+
+    Args:
+        app: the ASGI app.
+        metrics: a :class:`~jobmetrics.JobMetrics` (default: the process-wide one).
+        operation: ``f(scope) -> str | None``, called after the app ran, for frameworks
+            whose routes jobmetrics does not read itself; ``None`` means no route.
+            Starlette and FastAPI routes (mounts and routers included) and Django's (with
+            :class:`jobmetrics.django.RouteMiddleware`) are read without it.
+        exclude_paths: paths not measured at all (default: the metrics path).
+        max_series: the series budget (see :class:`~jobmetrics.http_common.LabelPolicy`).
+
+    Values: ``code`` is the status sent; an exception before the response started is
+    ``500`` (and re-raised unchanged); a request cancelled before any response (client
+    gone) is ``499``. The duration runs to the last body byte sent.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Any = None,
+        *,
+        operation: Optional[Callable[[Scope], Optional[str]]] = None,
+        exclude_paths: Optional[Iterable[str]] = None,
+        max_series: int = 1000,
+    ) -> None:
+        from .exposition import _resolve
+
+        self.app = app
+        self.metrics = _resolve(metrics)
+        if operation is not None and not callable(operation):
+            raise TypeError("operation must be a callable taking the scope")
+        self._operation = operation
+        self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
+        self._http = self.metrics.http
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        http = self._http
+        if http is None or scope["type"] != "http" or scope.get("path") in self._policy.exclude:
+            await self.app(scope, receive, send)
+            return
+        root_path = scope.get("root_path", "")
+        start = http.begin()
+        status: Optional[int] = None
+        finished = False
+
+        def finish(code: str) -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            try:
+                if self._operation is not None:
+                    op = self._operation(scope)
+                else:
+                    op = starlette_operation(scope, root_path) or scope.get(
+                        "jobmetrics.operation")
+            except Exception as exc:  # a user's operation() must not break the request
+                _errors.report("ASGIMiddleware operation", exc)
+                op = None
+            http.end(*self._policy.labels(scope.get("method", "GET"), code, op or UNKNOWN),
+                     start)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finish(str(status))
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            finish(CLIENT_CLOSED if status is None else str(status))
+            raise
+        except BaseException:
+            finish("500" if status is None else str(status))
+            raise
+        # A response that ended without a final body message (or none at all).
+        finish(str(status) if status is not None else "500")
+

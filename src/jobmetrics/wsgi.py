@@ -1,0 +1,139 @@
+"""``WSGIMiddleware``: the ``http_*`` families for any WSGI app (Flask, Django, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _errors
+from .http_common import UNKNOWN, LabelPolicy
+from .http_series import HttpRecorder
+
+__all__ = ["WSGIMiddleware", "flask_operation"]
+
+Environ = Dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def flask_operation(environ: Environ) -> Optional[str]:
+    """The URL rule Flask (or any werkzeug app) matched: werkzeug keeps the request
+    object in ``environ["werkzeug.request"]``, and Flask sets its ``url_rule``."""
+    request = environ.get("werkzeug.request")
+    rule = getattr(request, "url_rule", None)
+    value = getattr(rule, "rule", None)
+    return value if isinstance(value, str) else None
+
+
+class _Response:
+    """The app's response iterable; the request ends when the server closes it.
+
+    PEP 3333 has every server call ``close()`` once it is done with the response,
+    also when the client went away or the iteration raised, so that is where the
+    duration ends and the in-flight count drops, exactly once. ``__del__`` covers a
+    server that forgets.
+    """
+
+    __slots__ = ("_finish", "_inner")
+
+    def __init__(self, inner: Iterable[bytes], finish: Callable[[], None]) -> None:
+        self._inner = inner
+        self._finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+    def __del__(self) -> None:
+        self._finish()
+
+
+class WSGIMiddleware:
+    """Counts, times and tracks in flight every request of a WSGI app.
+
+    ``flask_app.wsgi_app = WSGIMiddleware(flask_app.wsgi_app, metrics=m)``, or wrap
+    Django's ``application``.
+
+    Args:
+        app: the WSGI app.
+        metrics: a :class:`~jobmetrics.JobMetrics` (default: the process-wide one).
+        operation: ``f(environ) -> str | None``, called when the app starts its
+            response (or raises), for frameworks whose routes jobmetrics does not read
+            itself. Flask's URL rules
+            are read without it, and Django's with
+            :class:`jobmetrics.django.RouteMiddleware`.
+        exclude_paths: paths not measured at all (default: the metrics path).
+        max_series: the series budget (see :class:`~jobmetrics.http_common.LabelPolicy`).
+
+    Values: ``code`` is the status the app gave ``start_response``; an exception before
+    that is ``500`` (and re-raised unchanged). The duration ends when the server closes
+    the response, after its last byte, so streaming responses are timed whole.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        metrics: Any = None,
+        *,
+        operation: Optional[Callable[[Environ], Optional[str]]] = None,
+        exclude_paths: Optional[Iterable[str]] = None,
+        max_series: int = 1000,
+    ) -> None:
+        from .exposition import _resolve
+
+        self.app = app
+        self.metrics = _resolve(metrics)
+        if operation is not None and not callable(operation):
+            raise TypeError("operation must be a callable taking the environ")
+        self._operation = operation
+        self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
+        self._http: Optional[HttpRecorder] = self.metrics.http
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        http = self._http
+        if http is None or environ.get("PATH_INFO") in self._policy.exclude:
+            return self.app(environ, start_response)
+        start = http.begin()
+        # [code, operation]: both read when the app calls start_response, while the
+        # framework's request is still alive (Flask drops it from the environ as soon as
+        # the app returns).
+        state: List[Optional[str]] = []
+
+        def resolve() -> Optional[str]:
+            try:
+                return (self._operation or flask_operation)(environ) or environ.get(
+                    "jobmetrics.operation")
+            except Exception as exc:  # a user's operation() must not break the request
+                _errors.report("WSGIMiddleware operation", exc)
+                return None
+
+        def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
+            state[:] = [code[:3], resolve()]
+            return start_response(code, headers, exc_info)
+
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            code, op = state if state else ("500", resolve())
+            http.end(*self._policy.labels(environ.get("REQUEST_METHOD", "GET"), code or "500",
+                                          op or UNKNOWN), start)
+
+        try:
+            result = self.app(environ, recording_start_response)
+        except BaseException:
+            # The server answers 500 for an app that raised.
+            state[:] = ["500", state[1] if state else resolve()]
+            finish()
+            raise
+        return _Response(result, finish)
