@@ -259,3 +259,18 @@ def test_multiprocess_mode_through_the_middleware(tmp_path: Path) -> None:
         assert settled(reg, expected) == expected
     assert inflight(reg) == 0.0
     promtool_check(scrape(reg))
+
+
+def test_series_budget_is_shared_by_middlewares_on_one_family(
+        m: JobMetrics, registry: CollectorRegistry) -> None:
+    def app(env: Any, start_response: Any) -> List[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    first = WSGIMiddleware(app, metrics=m, operation=lambda e: e["PATH_INFO"], max_series=2)
+    second = WSGIMiddleware(app, metrics=m, operation=lambda e: e["PATH_INFO"], max_series=2)
+    for wrapped, path in ((first, "/a"), (second, "/b"), (second, "/c"), (first, "/d"),
+                          (first, "/b")):
+        wrapped(environ(path), lambda *a: None).close()  # type: ignore[attr-defined]
+    assert requests_total(registry) == {"GET 200 /a": 1.0, "GET 200 /b": 2.0,
+                                        "GET 200 overflow": 2.0}
