@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +22,7 @@ from werkzeug.serving import make_server
 
 from jobmetrics import JobMetrics, WSGIMiddleware
 from promcheck import promtool_check, samples, scrape
-from servers import free_port
+from servers import free_port, wait_http
 
 P = "harbor_jobservice_"
 
@@ -274,3 +278,68 @@ def test_series_budget_is_shared_by_middlewares_on_one_family(
         wrapped(environ(path), lambda *a: None).close()  # type: ignore[attr-defined]
     assert requests_total(registry) == {"GET 200 /a": 1.0, "GET 200 /b": 2.0,
                                         "GET 200 overflow": 2.0}
+
+
+GUNICORN_APP = '''
+import flask
+from jobmetrics import JobMetrics, WSGIMiddleware
+
+m = JobMetrics(process_collectors=False)      # PROMETHEUS_MULTIPROC_DIR: multi-process mode
+app = flask.Flask("jobs")
+
+@app.route("/jobs/<int:job_id>", methods=["GET", "POST"])
+def job(job_id):
+    return str(job_id)
+
+app.wsgi_app = WSGIMiddleware(app.wsgi_app, metrics=m)
+metrics_app = m.make_wsgi_app()
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        return metrics_app(environ, start_response)
+    return app(environ, start_response)
+'''
+
+
+def test_gunicorn_workers_in_multiprocess_mode(tmp_path: Path) -> None:
+    """Two gunicorn workers, one answer: exact counts from whichever worker is scraped."""
+    if shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("gunicorn missing")
+    mpdir = tmp_path / "mp"
+    mpdir.mkdir()
+    (tmp_path / "gapp.py").write_text(GUNICORN_APP)
+    (tmp_path / "gconf.py").write_text("from jobmetrics.multiprocess import child_exit\n")
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mpdir)}
+    env = {k: v for k, v in env.items() if not k.startswith("JOBMETRICS_")}
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gconf.py",
+         "-w", "2", "-b", f"127.0.0.1:{port}", "gapp:application"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics")
+        with ThreadPoolExecutor(8) as pool:  # concurrent, so both workers serve some
+            codes = list(pool.map(call, [base + f"/jobs/{i}" for i in range(30)]
+                                  + [base + "/missing"] * 5))
+        assert codes == [200] * 30 + [404] * 5
+        assert call(base + "/jobs/1", "POST") == 200
+        expected = {"GET 200 /jobs/<int:job_id>": 30.0, "POST 200 /jobs/<int:job_id>": 1.0,
+                    "GET 404 unknown": 1.0 * 5}
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+            got = {" ".join(dict(lb)[k] for k in ("method", "code", "operation")): v
+                   for (name, lb), v in samples(text).items()
+                   if name == P + "http_request_total"}
+            if got == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert got == expected
+        assert samples(text)[(P + "http_inflight_requests", ())] == 0.0
+        assert "/jobs/1" not in text
+        promtool_check(text)
+    finally:
+        proc.terminate()
+        proc.wait(10)
