@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from .core import JobMetrics
+    from .http_series import HttpSeries
 
 __all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "UNKNOWN", "LabelPolicy"]
 
@@ -105,3 +106,30 @@ class LabelPolicy:
                     "operation=%r (raise max_series, or give operation= a coarser name)",
                     budget.max_series, OVERFLOW)
         return method, code, OVERFLOW
+
+
+try:  # optional: exemplars need OpenTelemetry's API
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover - depends on the environment
+    _otel_trace = None  # type: ignore[assignment]
+
+
+def exemplar_series(metrics: JobMetrics) -> Optional[HttpSeries]:
+    """``metrics.http`` when exemplars can be recorded: OpenTelemetry's API installed,
+    histogram durations (OpenMetrics allows exemplars on buckets, not on summary
+    quantiles) and the in-process mode; else ``None`` and the middleware skips the work."""
+    from .http_series import HttpSeries
+
+    http = metrics.http
+    if (_otel_trace is None or metrics.settings.http_duration != "histogram"
+            or not isinstance(http, HttpSeries)):
+        return None
+    return http
+
+
+def current_trace_id() -> Optional[str]:
+    """The active OpenTelemetry span's trace id (32 hex digits), or ``None``."""
+    if _otel_trace is None:
+        return None
+    ctx = _otel_trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
