@@ -277,3 +277,36 @@ def test_bad_arguments_name_the_argument(m: JobMetrics) -> None:
         ASGIMiddleware(app, metrics=m, max_series=0)
     with pytest.raises(TypeError, match="exclude_paths"):
         ASGIMiddleware(app, metrics=m, exclude_paths="/health")
+
+
+def test_cancelled_before_response_is_499_and_propagates(m: JobMetrics,
+                                                         registry: CollectorRegistry) -> None:
+    async def forever(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 206, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await asyncio.Event().wait()
+
+    async def run() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/x", "root_path": ""}
+
+        async def receive() -> Any:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            return None
+
+        for app in (forever, stream):
+            task = asyncio.create_task(
+                ASGIMiddleware(app, metrics=m, operation=lambda s: "/x")(scope, receive, send))
+            await asyncio.sleep(0.01)
+            assert inflight(registry) == 1.0
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run())
+    assert inflight(registry) == 0.0
+    assert requests_total(registry) == {"GET 499 /x": 1.0, "GET 206 /x": 1.0}
