@@ -310,3 +310,28 @@ def test_cancelled_before_response_is_499_and_propagates(m: JobMetrics,
     asyncio.run(run())
     assert inflight(registry) == 0.0
     assert requests_total(registry) == {"GET 499 /x": 1.0, "GET 206 /x": 1.0}
+
+
+def test_excluded_path_behind_a_root_path(m: JobMetrics, registry: CollectorRegistry) -> None:
+    async def run() -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            return None
+
+        app = ASGIMiddleware(TestApp(), metrics=m, exclude_paths=["/metrics", "/healthz"])
+        for path, root in (("/svc/metrics", "/svc"), ("/healthz", ""), ("/svc/jobs", "/svc")):
+            await app({"type": "http", "method": "GET", "path": path, "root_path": root},
+                      receive, send)
+
+    asyncio.run(run())
+    assert requests_total(registry) == {"GET 200 unknown": 1.0}
+
+
+class TestApp:
+    __test__ = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})

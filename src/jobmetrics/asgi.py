@@ -90,10 +90,18 @@ class ASGIMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         http = self._http
-        if http is None or scope["type"] != "http" or scope.get("path") in self._policy.exclude:
+        if http is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
+        path = scope.get("path", "")
+        # Servers run with a root path (uvicorn --root-path) include it in ``path``;
+        # excluded paths are given as the app sees them, without it.
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path):]
+        if path in self._policy.exclude:
+            await self.app(scope, receive, send)
+            return
         start = http.begin()
         status: Optional[int] = None
         finished = False
