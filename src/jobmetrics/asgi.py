@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Iterable, MutableMapping
 from typing import Any, Callable, Optional
 
 from . import _errors
-from .http_common import UNKNOWN, LabelPolicy
+from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 
 __all__ = ["ASGIMiddleware", "starlette_operation"]
 
@@ -85,13 +85,23 @@ class ASGIMiddleware:
         self._operation = operation
         self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
         self._http = self.metrics.http
+        # Set only when exemplars can be recorded (see docs/http.md); else no cost.
+        self._exemplars = exemplar_series(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         http = self._http
-        if http is None or scope["type"] != "http" or scope.get("path") in self._policy.exclude:
+        if http is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
+        path = scope.get("path", "")
+        # Servers run with a root path (uvicorn --root-path) include it in ``path``;
+        # excluded paths are given as the app sees them, without it.
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path):]
+        if path in self._policy.exclude:
+            await self.app(scope, receive, send)
+            return
         start = http.begin()
         status: Optional[int] = None
         finished = False
@@ -110,8 +120,12 @@ class ASGIMiddleware:
             except Exception as exc:  # a user's operation() must not break the request
                 _errors.report("ASGIMiddleware operation", exc)
                 op = None
-            http.end(*self._policy.labels(scope.get("method", "GET"), code, op or UNKNOWN),
-                     start)
+            labels = self._policy.labels(scope.get("method", "GET"), code, op or UNKNOWN)
+            ex = self._exemplars
+            if ex is None:
+                http.end(*labels, start)
+            else:  # still inside the request's context, where its span is active
+                ex.end(*labels, start, current_trace_id())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, FrozenSet, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from .core import JobMetrics
+    from .http_series import HttpSeries
 
 __all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "UNKNOWN", "LabelPolicy"]
 
@@ -24,16 +25,48 @@ UNKNOWN = "unknown"
 OVERFLOW = "overflow"
 
 
+class _Budget:
+    """The label sets recorded into one ``http`` state, shared by all its middlewares."""
+
+    __slots__ = ("http", "lock", "max_series", "seen", "warned")
+
+    def __init__(self, http: Any, max_series: int) -> None:
+        self.http = http  # held so that its id() stays unique while this budget lives
+        self.lock = threading.Lock()
+        self.max_series = max_series
+        self.seen: Set[Tuple[str, str, str]] = set()
+        self.warned = False
+
+
+# One budget per ``m.http`` (an HttpSeries or MPHttpSeries, whichever mode): two
+# middlewares recording into the same families (an ASGI app mounting a WSGI one, two apps
+# on one JobMetrics) share it, so the family, not each middleware, is bounded.
+_budgets: Dict[int, _Budget] = {}
+_budgets_lock = threading.Lock()
+
+
+def _budget_for(http: Any, max_series: int) -> _Budget:
+    with _budgets_lock:
+        budget = _budgets.get(id(http))
+        if budget is None:
+            budget = _budgets[id(http)] = _Budget(http, max_series)
+        else:  # the largest limit any middleware asked for
+            budget.max_series = max(budget.max_series, max_series)
+        return budget
+
+
 class LabelPolicy:
     """Method folding, excluded paths and the series budget of one middleware.
 
-    The budget counts distinct ``(method, code, operation)`` label sets; past
-    ``max_series`` a new one is recorded with ``operation="overflow"`` (method and code
-    are bounded already), and a warning is logged once. In multi-process mode each
-    process keeps its own budget.
+    The budget counts distinct ``(method, code, operation)`` label sets recorded into
+    ``metrics.http`` (shared by every middleware on the same families; the limit is the
+    largest ``max_series`` any of them gave); past it a new one is recorded with
+    ``operation="overflow"`` (method and code are bounded already), and a warning is
+    logged once. It is applied before ``http.end()``, so both the in-process and the
+    multi-process mode get it; in multi-process mode each process keeps its own budget.
     """
 
-    __slots__ = ("_lock", "_seen", "_warned", "exclude", "max_series")
+    __slots__ = ("_budget", "exclude", "max_series")
 
     def __init__(self, metrics: JobMetrics, exclude_paths: Optional[Iterable[str]],
                  max_series: int) -> None:
@@ -52,25 +85,51 @@ class LabelPolicy:
         self.exclude: FrozenSet[str] = frozenset(
             q for p in exclude_paths for q in (p.rstrip("/") or "/", p.rstrip("/") + "/"))
         self.max_series = max_series
-        self._seen: Set[Tuple[str, str, str]] = set()
-        self._warned = False
-        self._lock = threading.Lock()
+        self._budget = _budget_for(metrics.http, max_series)
 
     def labels(self, method: str, code: str, operation: str) -> Tuple[str, str, str]:
         """The label values to record for one finished request."""
         if method not in METHODS:
             method = OTHER_METHOD
         key = (method, code, operation)
-        if key in self._seen:
+        budget = self._budget
+        if key in budget.seen:
             return key
-        with self._lock:
-            if len(self._seen) < self.max_series:
-                self._seen.add(key)
+        with budget.lock:
+            if len(budget.seen) < budget.max_series:
+                budget.seen.add(key)
                 return key
-            if not self._warned:
-                self._warned = True
+            if not budget.warned:
+                budget.warned = True
                 logger.warning(
                     "jobmetrics: more than %d HTTP label sets; new ones are recorded as "
                     "operation=%r (raise max_series, or give operation= a coarser name)",
-                    self.max_series, OVERFLOW)
+                    budget.max_series, OVERFLOW)
         return method, code, OVERFLOW
+
+
+try:  # optional: exemplars need OpenTelemetry's API
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover - depends on the environment
+    _otel_trace = None  # type: ignore[assignment]
+
+
+def exemplar_series(metrics: JobMetrics) -> Optional[HttpSeries]:
+    """``metrics.http`` when exemplars can be recorded: OpenTelemetry's API installed,
+    histogram durations (OpenMetrics allows exemplars on buckets, not on summary
+    quantiles) and the in-process mode; else ``None`` and the middleware skips the work."""
+    from .http_series import HttpSeries
+
+    http = metrics.http
+    if (_otel_trace is None or metrics.settings.http_duration != "histogram"
+            or not isinstance(http, HttpSeries)):
+        return None
+    return http
+
+
+def current_trace_id() -> Optional[str]:
+    """The active OpenTelemetry span's trace id (32 hex digits), or ``None``."""
+    if _otel_trace is None:
+        return None
+    ctx = _otel_trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None

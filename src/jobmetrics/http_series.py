@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from time import perf_counter
-from typing import Dict, Protocol, Tuple
+from typing import Dict, Optional, Protocol, Tuple
 
 from . import _errors
-from .durations import DurationSeries, new_duration
+from .durations import DurationSeries, HistogramSeries, new_duration
 from .settings import Settings
 
 __all__ = ["HttpRecorder", "HttpSeries"]
@@ -45,8 +45,10 @@ class HttpSeries:
             _errors.report("http begin", exc)
         return perf_counter()
 
-    def end(self, method: str, code: str, operation: str, start: float) -> None:
-        """The request that began at ``start`` is finished."""
+    def end(self, method: str, code: str, operation: str, start: float,
+            trace_id: Optional[str] = None) -> None:
+        """The request that began at ``start`` is finished; ``trace_id`` (histogram
+        durations only) becomes the exemplar of its bucket."""
         now = perf_counter()
         try:
             with self._lock:
@@ -59,7 +61,10 @@ class HttpSeries:
                     series = self.durations[dkey] = new_duration(
                         self._settings, self._settings.http_duration, now
                     )
-                series.observe(now - start, now)
+                if trace_id is not None and isinstance(series, HistogramSeries):
+                    series.observe_exemplar(now - start, now, trace_id)
+                else:
+                    series.observe(now - start, now)
         except Exception as exc:
             _errors.report("http end", exc)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _errors
-from .http_common import UNKNOWN, LabelPolicy
+from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 from .http_series import HttpRecorder
 
 __all__ = ["WSGIMiddleware", "flask_operation"]
@@ -95,6 +95,8 @@ class WSGIMiddleware:
         self._operation = operation
         self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
         self._http: Optional[HttpRecorder] = self.metrics.http
+        # Set only when exemplars can be recorded (see docs/http.md); else no cost.
+        self._exemplars = exemplar_series(self.metrics)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         http = self._http
@@ -114,8 +116,14 @@ class WSGIMiddleware:
                 _errors.report("WSGIMiddleware operation", exc)
                 return None
 
+        # The trace id is read while the app runs, where its span is active; the server
+        # closes the response (where the request is recorded) outside of it.
+        trace: List[Optional[str]] = [None]
+
         def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
             state[:] = [code[:3], resolve()]
+            if self._exemplars is not None:
+                trace[0] = current_trace_id()
             return start_response(code, headers, exc_info)
 
         finished = False
@@ -126,14 +134,21 @@ class WSGIMiddleware:
                 return
             finished = True
             code, op = state if state else ("500", resolve())
-            http.end(*self._policy.labels(environ.get("REQUEST_METHOD", "GET"), code or "500",
-                                          op or UNKNOWN), start)
+            labels = self._policy.labels(environ.get("REQUEST_METHOD", "GET"), code or "500",
+                                         op or UNKNOWN)
+            ex = self._exemplars
+            if ex is None:
+                http.end(*labels, start)
+            else:
+                ex.end(*labels, start, trace[0])
 
         try:
             result = self.app(environ, recording_start_response)
         except BaseException:
             # The server answers 500 for an app that raised.
             state[:] = ["500", state[1] if state else resolve()]
+            if self._exemplars is not None and trace[0] is None:
+                trace[0] = current_trace_id()
             finish()
             raise
         return _Response(result, finish)
