@@ -60,10 +60,10 @@ class WorkerPool:
         self._on_error = on_error
         self._tasks: List[asyncio.Task[None]] = []
         self._series: Optional[TaskRecorder] = None
+        self._type = type or task_type_of(handler)
         self._call = handler
         if metrics.enabled:
             decorated = series_of(handler)
-            self._series = metrics.task_series(type or task_type_of(handler))
             if decorated is not None and metrics.task_series(decorated.type) is decorated:
                 # Count each item once: the pool measures, the undecorated handler runs.
                 self._call = handler.__wrapped__  # type: ignore[attr-defined]
@@ -102,7 +102,6 @@ class WorkerPool:
     async def _work(self) -> None:
         queue = self.queue
         take = getattr(queue, "_jobmetrics_take", None)
-        default = self._series
         call = self._call
         while True:
             if take is not None:
@@ -113,8 +112,11 @@ class WorkerPool:
             start = 0.0
             if series is not None:
                 start = series.begin_from_pending()
-            elif default is not None:
-                series = default
+            elif self._metrics.enabled:
+                # Created on first use: a pool over a typed queue never needs it.
+                if self._series is None:
+                    self._series = self._metrics.task_series(self._type)
+                series = self._series
                 start = series.begin()
             try:
                 result = call(item)
