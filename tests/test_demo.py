@@ -15,10 +15,10 @@ from typing import Dict, Set
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from promcheck import promtool_check
-from servers import free_port, wait_http
 
 from jobmetrics.__main__ import main
+from promcheck import promtool_check
+from servers import free_port, wait_http
 
 SPEC_FAMILIES = (
     "http_inflight_requests", "http_request", "http_request_duration_seconds",
@@ -98,10 +98,10 @@ def test_demo_shows_every_family(tmp_path: Path) -> None:
 
 def _nonzero(text: str, family: str, status: str, task_type: str | None = None) -> bool:
     for line in text.splitlines():
-        if line.startswith(f"{P}{family}{{") and f'status="{status}"' in line and (
-                task_type is None or f'type="{task_type}"' in line):
-            if float(line.rsplit(" ", 1)[1]) > 0:
-                return True
+        if (line.startswith(f"{P}{family}{{") and f'status="{status}"' in line
+                and (task_type is None or f'type="{task_type}"' in line)
+                and float(line.rsplit(" ", 1)[1]) > 0):
+            return True
     return False
 
 

@@ -9,11 +9,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
-from executor_jobs import fail, nap, square
 from prometheus_client import CollectorRegistry
-from promcheck import promtool_check, scrape, value
 
+from executor_jobs import fail, nap, square
 from jobmetrics import JobMetrics, Stopped
+from promcheck import promtool_check, scrape, value
 
 P = "harbor_jobservice_"
 

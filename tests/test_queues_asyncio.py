@@ -7,9 +7,9 @@ from typing import Any, List
 
 import pytest
 from prometheus_client import CollectorRegistry
-from promcheck import promtool_check, scrape, value
 
 from jobmetrics import JobMetrics, Stopped
+from promcheck import promtool_check, scrape, value
 
 P = "harbor_jobservice_"
 

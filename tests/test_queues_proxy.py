@@ -10,9 +10,9 @@ import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
-from promcheck import promtool_check, samples, scrape, value
 
 from jobmetrics import JobMetrics
+from promcheck import promtool_check, samples, scrape, value
 
 SIZE = "harbor_jobservice_queue_size"
 PENDING = "harbor_jobservice_pending_task"
@@ -228,7 +228,7 @@ def test_multiprocessing_simple_queue(m: JobMetrics, registry: CollectorRegistry
 
 
 def test_bad_input(m: JobMetrics) -> None:
-    with pytest.raises(TypeError, match="queue.Queue"):
+    with pytest.raises(TypeError, match=r"queue\.Queue"):
         m.instrument_queue([], name="x")
     with pytest.raises(ValueError, match="name"):
         m.instrument_queue(queue.Queue(), name="")
