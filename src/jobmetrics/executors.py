@@ -33,7 +33,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures._base import PENDING, RUNNING
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Type
 
 import wrapt
 
@@ -41,6 +41,8 @@ from . import _errors
 from .tasks import SUCCESS, TaskRecorder, series_of, status_of
 
 __all__ = ["ExecutorProxy", "instrument_executor", "task_type_of"]
+
+_PLANS = 256
 
 
 def task_type_of(fn: Any) -> str:
@@ -147,8 +149,26 @@ class ExecutorProxy(wrapt.ObjectProxy[Any]):
         self._self_metrics = metrics
         self._self_type = task_type
         self._self_local = isinstance(wrapped, ThreadPoolExecutor)
+        # fn -> (series, callable to run): most services submit a few functions many
+        # times. Bounded, so submitting fresh partials or lambdas cannot grow it.
+        self._self_plans: Dict[Any, Tuple[TaskRecorder, Any]] = {}
 
     def _self_plan(self, fn: Any) -> Tuple[TaskRecorder, Any]:
+        try:
+            return self._self_plans[fn]
+        except (KeyError, TypeError):  # not seen yet, or unhashable
+            pass
+        plan = self._self_make_plan(fn)
+        plans = self._self_plans
+        if len(plans) >= _PLANS:
+            plans.clear()
+        try:
+            plans[fn] = plan
+        except TypeError:
+            pass
+        return plan
+
+    def _self_make_plan(self, fn: Any) -> Tuple[TaskRecorder, Any]:
         metrics = self._self_metrics
         task_type = self._self_type or task_type_of(fn)
         series: TaskRecorder = metrics.task_series(task_type)
