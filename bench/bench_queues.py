@@ -103,11 +103,19 @@ def main() -> None:
     dec = m.task("decorated")(trivial)
     for ex in (raw_ex, inst_ex):  # warm the worker threads
         ex.submit(trivial).result()
-    t_raw = per_call(lambda: raw_ex.submit(trivial).result(), number=20_000)
-    t_inst = per_call(lambda: inst_ex.submit(trivial).result(), number=20_000)
-    t_dec = per_call(lambda: inst_ex.submit(dec).result(), number=20_000)
     hand = hand_written(raw_ex)
-    t_hand = per_call(hand, number=20_000)
+    paths = {
+        "raw": lambda: raw_ex.submit(trivial).result(),
+        "inst": lambda: inst_ex.submit(trivial).result(),
+        "dec": lambda: inst_ex.submit(dec).result(),
+        "hand": hand,
+    }
+    # Thread hand-offs are noisy: interleave the paths over rounds, keep each one's best.
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(5):
+        for key, fn in paths.items():
+            best[key] = min(best[key], per_call(fn, number=5_000, repeat=3))
+    t_raw, t_inst, t_dec, t_hand = best["raw"], best["inst"], best["dec"], best["hand"]
     print("| path | µs | ratio to raw |")
     print("|---|---|---|")
     print(f"| raw executor | {us(t_raw)} | 1.00 |")

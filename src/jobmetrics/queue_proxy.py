@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import queue as queue_mod
 import threading
-from collections import deque
 from time import perf_counter
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import wrapt
 
@@ -35,7 +34,11 @@ Entry = Tuple[Optional[TaskRecorder], float]
 
 
 class ItemTracker:
-    """Put times (and task series) of items in one queue, keyed by ``id(item)``."""
+    """Put times (and task series) of items in one queue, keyed by ``id(item)``.
+
+    An id maps to one entry, or to a list of entries when the same object is in the
+    queue several times (oldest first).
+    """
 
     __slots__ = ("_entries", "_lock", "_observe", "_series_of")
 
@@ -45,7 +48,7 @@ class ItemTracker:
         observe: Callable[[float, float], None],
     ) -> None:
         self._lock = threading.Lock()
-        self._entries: Dict[int, Deque[Entry]] = {}
+        self._entries: Dict[int, Any] = {}
         self._series_of = series_of
         self._observe = observe
 
@@ -58,12 +61,16 @@ class ItemTracker:
                 if series is not None:
                     series.add_pending(1)
             entry = (series, perf_counter())
+            key = id(item)
+            entries = self._entries
             with self._lock:
-                found = self._entries.get(id(item))
+                found = entries.get(key)
                 if found is None:
-                    self._entries[id(item)] = deque((entry,))
-                else:
+                    entries[key] = entry
+                elif type(found) is list:
                     found.append(entry)
+                else:
+                    entries[key] = [found, entry]
             return entry
         except Exception as exc:
             _errors.report("queue put", exc)
@@ -74,35 +81,40 @@ class ItemTracker:
         if entry is None:
             return
         try:
+            key = id(item)
+            entries = self._entries
             with self._lock:
-                found = self._entries.get(id(item))
-                if found is not None:
-                    try:
-                        found.remove(entry)
-                    except ValueError:
-                        return  # already taken by a consumer
-                    if not found:
-                        del self._entries[id(item)]
+                found: Any = entries.get(key)
+                if found is entry:
+                    del entries[key]
+                elif type(found) is list and any(e is entry for e in found):
+                    rest = [e for e in found if e is not entry]
+                    entries[key] = rest[0] if len(rest) == 1 else rest
                 else:
-                    return
-            if entry[0] is not None:
-                entry[0].add_pending(-1)
+                    return  # already taken by a consumer
+            series = entry[0]
+            if series is not None:
+                series.add_pending(-1)
         except Exception as exc:  # pragma: no cover - defensive
             _errors.report("queue put", exc)
 
     def take(self, item: Any) -> Optional[TaskRecorder]:
         """``item`` left the queue: record its wait; return its series (still pending)."""
         try:
+            key = id(item)
+            entries = self._entries
             with self._lock:
-                found = self._entries.get(id(item))
+                found = entries.pop(key, None)
                 if found is None:
                     return None  # put on the raw queue: nothing was counted
-                series, start = found.popleft()
-                if not found:
-                    del self._entries[id(item)]
+                if type(found) is list:
+                    entry = found.pop(0)
+                    entries[key] = found[0] if len(found) == 1 else found
+                else:
+                    entry = found
             now = perf_counter()
-            self._observe(now - start, now)
-            return series
+            self._observe(now - entry[1], now)
+            return entry[0]  # type: ignore[no-any-return]
         except Exception as exc:  # pragma: no cover - defensive
             _errors.report("queue get", exc)
             return None
