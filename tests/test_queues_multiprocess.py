@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from promcheck import promtool_check, samples, scrape
 
 from jobmetrics import JobMetrics
+from promcheck import promtool_check, samples, scrape
 
 P = "harbor_jobservice_"
 
