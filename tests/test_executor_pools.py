@@ -183,3 +183,16 @@ def test_process_pool_cancel(m: JobMetrics, registry: CollectorRegistry) -> None
     ex.shutdown(wait=True)
     assert state(registry, "nap") == (0.0, 0.0)
     assert total(registry, "nap", "success") == 6.0 - cancelled
+
+
+def test_decorated_method_keeps_its_type(m: JobMetrics, registry: CollectorRegistry) -> None:
+    class Service:
+        @m.task("gc")
+        def collect(self, n: int) -> int:
+            return n + 1
+
+    svc = Service()
+    with m.instrument_executor(ThreadPoolExecutor(1)) as ex:
+        assert ex.submit(svc.collect, 1).result() == 2
+    assert total(registry, "gc", "success") == 1.0
+    assert value(registry, P + "task_total", type="collect", status="success") is None

@@ -33,9 +33,14 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures._base import PENDING, RUNNING
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Type
 
 import wrapt
+
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:  # wrapt < 2 has no generic ObjectProxy at runtime
+    _Proxy = wrapt.ObjectProxy
 
 from . import _errors
 from .tasks import SUCCESS, TaskRecorder, series_of, status_of
@@ -141,7 +146,7 @@ class _RemoteRun:
             _errors.report("executor future", exc)
 
 
-class ExecutorProxy(wrapt.ObjectProxy[Any]):
+class ExecutorProxy(_Proxy):
     """An executor whose ``submit``/``map`` calls are tasks (see the module doc)."""
 
     def __init__(self, wrapped: Executor, metrics: Any, task_type: Optional[str]) -> None:

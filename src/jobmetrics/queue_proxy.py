@@ -20,9 +20,14 @@ import asyncio
 import queue as queue_mod
 import threading
 from time import perf_counter
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import wrapt
+
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:  # wrapt < 2 has no generic ObjectProxy at runtime
+    _Proxy = wrapt.ObjectProxy
 
 from . import _errors
 from .tasks import TaskRecorder
@@ -126,7 +131,7 @@ class ItemTracker:
             series.add_pending(-1)
 
 
-class QueueProxy(wrapt.ObjectProxy[Any]):
+class QueueProxy(_Proxy):
     """A ``queue.Queue``/``queue.SimpleQueue`` (or subclass) that reports its items."""
 
     def __init__(self, wrapped: Any, tracker: Optional[ItemTracker]) -> None:
@@ -166,7 +171,7 @@ class QueueProxy(wrapt.ObjectProxy[Any]):
         return self.__wrapped__.__reduce_ex__(protocol)
 
 
-class AsyncQueueProxy(wrapt.ObjectProxy[Any]):
+class AsyncQueueProxy(_Proxy):
     """An ``asyncio.Queue`` (or subclass) that reports its items."""
 
     def __init__(self, wrapped: Any, tracker: Optional[ItemTracker]) -> None:

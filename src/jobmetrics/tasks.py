@@ -313,5 +313,6 @@ def instrument(func: Any, series: TaskRecorder) -> Any:
 def series_of(func: Any) -> Optional[TaskRecorder]:
     """The task series of a callable decorated by ``@m.task``, else ``None``."""
     series = getattr(func, "_self_jobmetrics_series", None)
-    return series if isinstance(series, (TaskSeries,)) or hasattr(series, "begin_from_pending") \
-        else None
+    if series is None:  # a bound method of a decorated one (wrapt keeps its parent)
+        series = getattr(getattr(func, "_self_parent", None), "_self_jobmetrics_series", None)
+    return series if hasattr(series, "begin_from_pending") else None
