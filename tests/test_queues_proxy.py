@@ -255,3 +255,30 @@ def test_histogram_wait(registry: CollectorRegistry) -> None:
     text = scrape(registry)
     assert samples(text)[(WAIT + "_bucket", (("le", "+Inf"), ("queue", "jobs")))] == 1.0
     promtool_check(text)
+
+
+def test_weak_hold_asyncio_and_multiprocessing(m: JobMetrics, registry: CollectorRegistry) -> None:
+    aq = m.instrument_queue(asyncio.Queue(), name="aio", type_of=lambda item: "gc")
+    aq.put_nowait(1)
+    mq = m.instrument_queue(multiprocessing.SimpleQueue(), name="mp")
+    assert size(registry, "aio") == 1.0 and size(registry, "mp") == 0.0
+    del aq, mq
+    gc.collect()
+    assert size(registry, "aio") is None
+    assert size(registry, "mp") is None
+
+
+def test_proxy_sent_to_a_spawned_process_arrives_as_the_queue(m: JobMetrics,
+                                                              registry: CollectorRegistry) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    q = m.instrument_queue(ctx.Queue(), name="spawned")
+    proc = ctx.Process(target=_child_put, args=(q,))
+    proc.start()
+    assert q.get(timeout=60) == "from the child"
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert size(registry, "spawned") == 0.0
+
+
+def _child_put(q: object) -> None:
+    q.put("from the child")  # type: ignore[attr-defined]
