@@ -1,6 +1,8 @@
 """A small job service with metrics: workers run replication, gc and scan jobs.
 
 Run it and open the printed URL; stop with Ctrl-C (or pass --duration SECONDS).
+For a fuller service (an HTTP API, an instrumented queue and worker pool, every family
+moving) run `jobmetrics demo` (src/jobmetrics/demo.py, docs/demo.md).
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import _errors, multiprocess
+from .durations import duration_metric
 from .families import FAMILIES, family_names, new_family
 from .http_series import HttpRecorder, HttpSeries
 from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
 from .push import PushOnExit
-from .queues import QueueSizes
+from .queues import QueueSizes, QueueWaits
 from .settings import (
     DEFAULT_BUCKETS,
     DEFAULT_QUANTILES,
@@ -55,6 +56,8 @@ class _Families:
         else:
             self.queues = QueueSizes()
             self.http = HttpSeries(settings)
+        # Time items waited in instrumented queues (in-process mode only).
+        self.queue_waits = QueueWaits(settings)
 
     def _queue_registered(self) -> None:
         if self.store is not None:
@@ -135,7 +138,13 @@ class _Families:
         for name, value in sorted(self.queues.read().items()):
             size.add_metric((name,), float(value))
         info.add_metric((), dict(self.info))
-        return [size, info]
+        out = [size, info]
+        wait = duration_metric(self.settings.prefix + "queue_wait_seconds",
+                               "Time items waited in an instrumented queue, from put to get, "
+                               "in seconds.", self.settings.task_duration)
+        if self.queue_waits.emit(wait, self.settings.quantiles, perf_counter()):
+            out.append(wait)
+        return out
 
 
 class _Collector(Collector):
@@ -470,6 +479,45 @@ class JobMetrics:
     def queue_sizes(self) -> Optional[QueueSizes]:
         """The ``queue_size`` family's state, or ``None`` when disabled."""
         return self._families.queues if self._families is not None else None
+
+    def instrument_queue(
+        self, q: Any, name: str, type_of: Optional[Callable[[Any], str]] = None
+    ) -> Any:
+        """A transparent proxy over ``q`` reporting ``queue_size{queue=name}``.
+
+        ``q`` is a ``queue.Queue``, ``queue.SimpleQueue``, ``asyncio.Queue`` or
+        ``multiprocessing`` queue (or a subclass). The size is read with ``qsize()`` at
+        scrape time, so items put on the raw queue count too; the queue is held weakly.
+        Items put and got through the proxy also feed ``queue_wait_seconds{queue}``, and,
+        given ``type_of(item) -> task type``, ``pending_task{type}`` while they wait.
+        When metrics are disabled, returns ``q`` itself. See ``docs/queues.md``.
+        """
+        from .queue_proxy import instrument_queue
+
+        return instrument_queue(self, q, name, type_of)
+
+    def instrument_executor(self, ex: Any, type: Optional[str] = None) -> Any:
+        """A transparent proxy over a ``concurrent.futures`` executor: every ``submit``
+        and ``map`` item is a task, pending until it starts, then running, then counted
+        with its status and run time. ``type`` overrides the task type (default: the
+        ``@m.task`` type of the callable, else its name). Disabled: returns ``ex``.
+        See ``docs/queues.md``.
+        """
+        from .executors import instrument_executor
+
+        return instrument_executor(self, ex, type)
+
+    def worker_pool(
+        self, q: Any, handler: Callable[[Any], Any], workers: int = 1,
+        type: Optional[str] = None,
+        on_error: Optional[Callable[[Any, BaseException], None]] = None,
+    ) -> Any:
+        """A :class:`jobmetrics.asyncio_workers.WorkerPool` of ``workers`` asyncio
+        tasks running ``await handler(item)`` for each item of the asyncio queue ``q``.
+        """
+        from .asyncio_workers import WorkerPool
+
+        return WorkerPool(self, q, handler, workers=workers, type=type, on_error=on_error)
 
     # -- short-lived jobs ------------------------------------------------------------
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from time import perf_counter
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _errors
+from .durations import DurationSeries, new_duration
+from .settings import Settings
 
-__all__ = ["QueueSizes"]
+__all__ = ["QueueSizes", "QueueWaits"]
 
 SizeFn = Callable[[Any], int]
 
@@ -62,3 +65,39 @@ class QueueSizes:
                     else:
                         del self._queues[name]
         return out
+
+
+class QueueWaits:
+    """``queue name -> duration series`` of the time items waited in instrumented queues.
+
+    Emitted as ``<prefix>queue_wait_seconds{queue}``, a summary or histogram as the
+    ``task_duration`` setting says; a name appears once one of its queues is instrumented.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._series: Dict[str, DurationSeries] = {}
+
+    def observer(self, name: str) -> Callable[[float, float], None]:
+        """A function ``observe(seconds, now)`` recording one wait under ``name``."""
+        with self._lock:
+            series = self._series.get(name)
+            if series is None:
+                series = new_duration(self._settings, self._settings.task_duration,
+                                      perf_counter())
+                self._series[name] = series
+        lock = self._lock
+
+        def observe(seconds: float, now: float) -> None:
+            with lock:
+                series.observe(seconds, now)
+
+        return observe
+
+    def emit(self, metric: Any, quantiles: Sequence[float], now: float) -> bool:
+        """Add every queue's samples to ``metric``; ``False`` when there is none."""
+        with self._lock:
+            for name, series in sorted(self._series.items()):
+                series.emit(metric, {"queue": name}, quantiles, now)
+            return bool(self._series)

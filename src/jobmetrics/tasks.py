@@ -304,4 +304,15 @@ def instrument(func: Any, series: TaskRecorder) -> Any:
         make = _generator_wrapper
     else:
         make = _sync_wrapper
-    return wrapt.FunctionWrapper(func, make(series))
+    wrapper = wrapt.FunctionWrapper(func, make(series))
+    # Lets executors and worker pools find the type and avoid counting a call twice.
+    wrapper._self_jobmetrics_series = series  # type: ignore[attr-defined]
+    return wrapper
+
+
+def series_of(func: Any) -> Optional[TaskRecorder]:
+    """The task series of a callable decorated by ``@m.task``, else ``None``."""
+    series = getattr(func, "_self_jobmetrics_series", None)
+    if series is None:  # a bound method of a decorated one (wrapt keeps its parent)
+        series = getattr(getattr(func, "_self_parent", None), "_self_jobmetrics_series", None)
+    return series if hasattr(series, "begin_from_pending") else None

@@ -1,0 +1,146 @@
+"""A pool of asyncio workers whose items are tasks, exact under cancellation.
+
+>>> pool = m.worker_pool(m.instrument_queue(asyncio.Queue(), name="jobs",
+...                                         type_of=lambda job: job.kind),
+...                      handle, workers=4)
+>>> async with pool:          # starts the workers; stops (cancels) them on exit
+...     await pool.queue.join()
+
+Each item a worker takes is one task: when the queue was instrumented with ``type_of``,
+of the item's type, and pending turns to running in one step (no ``await`` between
+taking the item and counting it running, so cancellation cannot split them); otherwise
+of the pool's ``type`` (default: the handler's ``@m.task`` type or name). A handler that
+returns is ``success``, raises ``fail`` (the worker logs it, or calls ``on_error``, and
+goes on), is cancelled ``stop``. ``queue.task_done()`` is called for every item taken,
+so ``await queue.join()`` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from types import TracebackType
+from typing import Any, Callable, List, Optional, Type
+
+from .executors import task_type_of
+from .tasks import SUCCESS, TaskRecorder, series_of, status_of
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """``workers`` asyncio tasks running ``handler(item)`` for items of ``queue``.
+
+    Build it with :meth:`jobmetrics.JobMetrics.worker_pool`. Use ``async with pool:``
+    or :meth:`start` and :meth:`stop` from inside a running event loop.
+    """
+
+    def __init__(
+        self,
+        metrics: Any,
+        queue: Any,
+        handler: Callable[[Any], Any],
+        workers: int = 1,
+        type: Optional[str] = None,
+        on_error: Optional[Callable[[Any, BaseException], None]] = None,
+    ) -> None:
+        if not isinstance(queue, asyncio.Queue):
+            raise TypeError(f"queue must be an asyncio.Queue, got {queue!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if type is not None and (not isinstance(type, str) or not type):
+            raise ValueError(f"type must be a non-empty str, got {type!r}")
+        self.queue = queue
+        self.workers = workers
+        self._on_error = on_error
+        self._tasks: List[asyncio.Task[None]] = []
+        self._series: Optional[TaskRecorder] = None
+        self._type = type or task_type_of(handler)
+        self._call = handler
+        if metrics.enabled:
+            decorated = series_of(handler)
+            if decorated is not None and metrics.task_series(decorated.type) is decorated:
+                # Count each item once: the pool measures, the undecorated handler runs.
+                self._call = handler.__wrapped__  # type: ignore[attr-defined]
+        self._metrics = metrics
+
+    @property
+    def running(self) -> bool:
+        """Whether the workers have been started and not stopped."""
+        return bool(self._tasks)
+
+    def start(self) -> WorkerPool:
+        """Start the workers on the running event loop."""
+        if self._tasks:
+            raise RuntimeError("the worker pool is already started")
+        self._tasks = [asyncio.ensure_future(self._work()) for _ in range(self.workers)]
+        return self
+
+    async def stop(self) -> None:
+        """Cancel the workers and wait for them; a handler cut short counts as ``stop``."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> WorkerPool:
+        return self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.stop()
+
+    async def _work(self) -> None:
+        queue = self.queue
+        take = getattr(queue, "_jobmetrics_take", None)
+        call = self._call
+        while True:
+            if take is not None:
+                item, series = await take()
+            else:
+                item, series = await queue.get(), None
+            # No await from here to begin(): a cancellation cannot fall in between.
+            start = 0.0
+            if series is not None:
+                start = series.begin_from_pending()
+            elif self._metrics.enabled:
+                # Created on first use: a pool over a typed queue never needs it.
+                if self._series is None:
+                    self._series = self._metrics.task_series(self._type)
+                series = self._series
+                start = series.begin()
+            try:
+                result = call(item)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                if series is not None:
+                    series.end(status_of(asyncio.CancelledError()), start)
+                raise
+            except Exception as exc:
+                if series is not None:
+                    series.end(status_of(exc), start)
+                self._report(item, exc)
+            else:
+                if series is not None:
+                    series.end(SUCCESS, start)
+            finally:
+                queue.task_done()
+
+    def _report(self, item: Any, exc: BaseException) -> None:
+        if self._on_error is None:
+            log.error("jobmetrics worker: handler failed on %r", item, exc_info=exc)
+            return
+        try:
+            self._on_error(item, exc)
+        except Exception:
+            log.exception("jobmetrics worker: on_error failed")
