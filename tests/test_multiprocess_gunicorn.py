@@ -1,0 +1,207 @@
+"""gunicorn with 4 sync workers in multi-process mode: one scrape speaks for every worker,
+and a worker killed with SIGKILL takes only its live gauges with it."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+from promcheck import Labels, promtool_check, samples
+from servers import free_port, wait_http
+
+P = "harbor_jobservice_"
+OP = "/work/<int:ms>"
+
+APP = '''
+import os, time
+import flask
+from jobmetrics import JobMetrics, WSGIMiddleware
+
+m = JobMetrics(process_collectors=False)      # PROMETHEUS_MULTIPROC_DIR: multi-process mode
+app = flask.Flask("jobs")
+
+@app.route("/work/<int:ms>")
+def work(ms):
+    time.sleep(ms / 1000)
+    return str(os.getpid())
+
+@app.route("/hold/<name>")
+def hold(name):
+    with m.track_task("replication"):
+        with open(os.path.join(os.environ["HOLD_DIR"], name), "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(600)
+    return "never"
+
+app.wsgi_app = WSGIMiddleware(app.wsgi_app, metrics=m)
+metrics_app = m.make_wsgi_app()
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        return metrics_app(environ, start_response)
+    if environ["PATH_INFO"] == "/ready":      # not instrumented: tells the workers apart
+        time.sleep(0.1)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
+    return app(environ, start_response)
+'''
+
+# Geometric spacing (x1.2): each duration is told from its neighbours even with the
+# sketch's 1% and a few milliseconds of server overhead on top of the sleep.
+SLEEPS_MS = [round(40 * 1.2 ** k) for k in range(20)]
+
+
+def get(url: str, timeout: float = 30) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body.decode()
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes]]]:
+    binary = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    if not os.path.exists(binary) and shutil.which("gunicorn") is None:
+        pytest.skip("gunicorn missing")
+    mpdir, hold = tmp_path / "mp", tmp_path / "hold"
+    mpdir.mkdir()
+    hold.mkdir()
+    (tmp_path / "gapp.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "from jobmetrics.multiprocess import child_exit\nworkers = 4\ntimeout = 600\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
+    env.update(PROMETHEUS_MULTIPROC_DIR=str(mpdir), HOLD_DIR=str(hold))
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "gapp:application"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics")
+        deadline = time.monotonic() + 30
+        with ThreadPoolExecutor(8) as pool:    # all four workers booted and accepting
+            while len(set(pool.map(get, [base + "/ready"] * 8))) < 4:
+                assert time.monotonic() < deadline, "gunicorn never ran 4 workers"
+        yield base, hold, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def scrape_until(base: str, ok: Callable[[Dict[Tuple[str, Labels], float]], bool],
+                 timeout: float = 20) -> Tuple[str, Dict[Tuple[str, Labels], float]]:
+    """Scrape until ``ok`` holds (a request is counted just after its response is sent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = get(base + "/metrics")
+        got = samples(text)
+        if ok(got) or time.monotonic() > deadline:
+            return text, got
+        time.sleep(0.05)
+
+
+def total(got: Dict[Tuple[str, Labels], float]) -> float:
+    return got.get((P + "http_request_total",
+                    (("code", "200"), ("method", "GET"), ("operation", OP))), 0.0)
+
+
+def duration(got: Dict[Tuple[str, Labels], float], suffix: str = "_count",
+             quantile: str = "") -> float:
+    labels: Labels = (("method", "GET"), ("operation", OP))
+    if quantile:
+        labels = (("method", "GET"), ("operation", OP), ("quantile", quantile))
+    return got.get((P + "http_request_duration_seconds" + suffix, labels), 0.0)
+
+
+def test_four_workers_one_scrape_exact_counts_and_merged_quantiles(
+        gunicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    base, _, _ = gunicorn
+    # Eight concurrent clients against four sync workers, each busy for its sleep:
+    # every worker has to take some of the requests.
+    with ThreadPoolExecutor(8) as pool:
+        pids = list(pool.map(get, [f"{base}/work/{ms}" for ms in SLEEPS_MS]))
+    assert len(set(pids)) == 4
+    n = len(SLEEPS_MS)
+    text, got = scrape_until(base, lambda g: total(g) >= n)
+    assert total(got) == n
+    assert duration(got) == n
+    assert duration(got, "_sum") >= sum(SLEEPS_MS) / 1000
+    assert got[(P + "http_inflight_requests", ())] == 0.0
+    # The quantiles are those of all 20 durations, which no single worker saw.
+    done = sorted(ms / 1000 for ms in SLEEPS_MS)
+    for q in ("0.5", "0.9", "0.99"):
+        exact = done[math.floor(float(q) * (n - 1))]
+        est = duration(got, "", q)
+        assert exact * 0.99 <= est <= exact * 1.01 + 0.008, (q, est, exact)
+    assert "/work/40" not in text
+    promtool_check(text)
+
+
+def test_sigkilled_worker_keeps_counts_drops_live_gauges(
+        gunicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    base, hold, master = gunicorn
+    with ThreadPoolExecutor(8) as pool:
+        before = set(pool.map(get, [f"{base}/work/30"] * 16))
+    assert len(before) >= 2
+    _, got = scrape_until(base, lambda g: total(g) >= 16)
+    assert total(got) == 16
+
+    # One request held inside a worker, in flight and running a task.
+    errors: List[BaseException] = []
+
+    def held() -> None:
+        try:
+            get(f"{base}/hold/a", timeout=60)
+        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            errors.append(exc)
+
+    client = threading.Thread(target=held)
+    client.start()
+    deadline = time.monotonic() + 20
+    while not (hold / "a").exists() or not (hold / "a").read_text():
+        assert time.monotonic() < deadline, "the held request never started"
+        time.sleep(0.02)
+    victim = int((hold / "a").read_text())
+    running = (P + "running_task", (("type", "replication"),))
+    _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
+    assert got[running] == 1.0
+    assert got[(P + "http_inflight_requests", ())] == 1.0
+
+    os.kill(victim, signal.SIGKILL)
+    client.join(60)
+    assert errors, "the held request should fail with its worker"
+
+    # gunicorn replaces the worker; scrapes go on, the dead worker's counts stay and its
+    # in-flight request and running task are gone.
+    _, got = scrape_until(
+        base, lambda g: g.get(running) == 0.0
+        and g.get((P + "http_inflight_requests", ())) == 0.0)
+    assert got[running] == 0.0
+    assert got[(P + "http_inflight_requests", ())] == 0.0
+    assert total(got) == 16
+    assert duration(got) == 16
+    with ThreadPoolExecutor(8) as pool:
+        after = set(pool.map(get, [f"{base}/work/30"] * 16))
+    assert victim not in {int(p) for p in after}
+    text, got = scrape_until(base, lambda g: total(g) >= 32)
+    assert total(got) == 32
+    assert duration(got) == 32
+    assert master.poll() is None
+    promtool_check(text)
