@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 import httpx
 import pytest
 import uvicorn
+import websockets
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -220,12 +221,14 @@ def test_client_disconnect_leaves_no_request_in_flight(served: Dict[str, Any]) -
 def test_lifespan_and_websocket_pass_through(served: Dict[str, Any]) -> None:
     assert served["started"] == ["up"]  # uvicorn's lifespan reached the app through us
     reg = served["registry"]
-    m = served["m"]
-    # uvicorn here has no websocket library: drive the same middleware stack in-process.
-    app = make_app(m, Gate(), [])
-    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
-        ws.send_text("hi")
-        assert ws.receive_text() == "hi"
+
+    async def echo() -> List[str]:
+        url = served["base"].replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url) as ws:
+            await ws.send("hi")
+            return [str(await ws.recv())]
+
+    assert asyncio.run(echo()) == ["hi"]  # a real websocket through uvicorn and us
     assert requests_total(reg) == {}
     assert inflight(reg) == 0.0
 
