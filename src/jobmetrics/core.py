@@ -16,12 +16,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import _errors, multiprocess
-from .durations import duration_metric
 from .families import FAMILIES, family_names, new_family
 from .http_series import HttpRecorder, HttpSeries
 from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
 from .push import PushOnExit
-from .queues import QueueSizes, QueueWaits
+from .queues import QueueSizes, QueueWaits, wait_metric
 from .settings import (
     DEFAULT_BUCKETS,
     DEFAULT_QUANTILES,
@@ -56,8 +55,9 @@ class _Families:
         else:
             self.queues = QueueSizes()
             self.http = HttpSeries(settings)
-        # Time items waited in instrumented queues (in-process mode only).
-        self.queue_waits = QueueWaits(settings)
+        self.queue_waits: Any = (
+            QueueWaits(settings) if self.store is None
+            else multiprocess.MPQueueWaits(settings, self.store))
 
     def _queue_registered(self) -> None:
         if self.store is not None:
@@ -139,9 +139,7 @@ class _Families:
             size.add_metric((name,), float(value))
         info.add_metric((), dict(self.info))
         out = [size, info]
-        wait = duration_metric(self.settings.prefix + "queue_wait_seconds",
-                               "Time items waited in an instrumented queue, from put to get, "
-                               "in seconds.", self.settings.task_duration)
+        wait = wait_metric(self.settings)
         if self.queue_waits.emit(wait, self.settings.quantiles, perf_counter()):
             out.append(wait)
         return out

@@ -45,6 +45,7 @@ from . import _errors
 from .durations import emit_histogram, emit_summary
 from .families import new_family
 from .mpstore import ValueFile, read_values
+from .queues import wait_metric
 from .settings import Settings
 from .sketch import QuantileSketch
 from .tasks import STATUSES, STOP, SUCCESS
@@ -447,6 +448,40 @@ class MPHttpSeries:
         return self._store.lock
 
 
+class MPQueueWaits:
+    """:class:`~jobmetrics.queues.QueueWaits` for multi-process mode."""
+
+    def __init__(self, settings: Settings, store: ProcessStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._sketch = QuantileSketch(settings.relative_accuracy)
+        self._series: Dict[str, _FileDuration] = {}
+        store.track(self)
+
+    def reset(self) -> None:
+        for series in self._series.values():
+            series.reset()
+
+    def observer(self, name: str) -> Callable[[float, float], None]:
+        """A function ``observe(seconds, now)`` recording one wait under ``name``."""
+        with self._store.lock:
+            series = self._series.get(name)
+            if series is None:
+                series = self._series[name] = _FileDuration(
+                    self._store, ("qwait", name), self._settings,
+                    self._settings.task_duration, self._sketch)
+        store = self._store
+
+        def observe(seconds: float, now: float) -> None:
+            try:
+                with store.lock:
+                    series.observe(seconds, time.time())
+            except Exception as exc:
+                _errors.report("queue wait", exc)
+
+        return observe
+
+
 # ---------------------------------------------------------------------------------
 # Reading and merging
 
@@ -472,6 +507,7 @@ class _Aggregate:
         self.requests: Dict[Tuple[str, str, str], float] = {}
         self.task_durations: Dict[Tuple[str, int], _DurAgg] = {}
         self.http_durations: Dict[Tuple[str, str], _DurAgg] = {}
+        self.queue_waits: Dict[str, _DurAgg] = {}
         self.ratio: Dict[str, List[float]] = {}
         self.types: set[str] = set()
         self.live = 0
@@ -525,6 +561,9 @@ def _add_file(agg: _Aggregate, values: Dict[str, float], live: bool, settings: S
         elif kind == "dur":
             dagg = agg.http_durations.setdefault((parts[1], parts[2]), _DurAgg())
             _add_duration(dagg, parts, 3, v, epochs, dur_width, n, now)
+        elif kind == "qwait":
+            dagg = agg.queue_waits.setdefault(parts[1], _DurAgg())
+            _add_duration(dagg, parts, 2, v, epochs, dur_width, n, now)
         elif kind == "req":
             k3 = (parts[1], parts[2], parts[3])
             agg.requests[k3] = agg.requests.get(k3, 0.0) + v
@@ -699,7 +738,13 @@ def collect(directory: str, settings: Settings, names: Dict[str, str],
     if merged_info.get("workers") in ("", "0"):
         merged_info["workers"] = str(agg.live)
     fam.add_metric((), merged_info)
-    return [inflight, requests, rdur, total, ptime, rate, running, pending, size, fam]
+    out = [inflight, requests, rdur, total, ptime, rate, running, pending, size, fam]
+    if agg.queue_waits:
+        wait = wait_metric(s)
+        for name, d in sorted(agg.queue_waits.items()):
+            _emit(wait, {"queue": name}, d, s)
+        out.append(wait)
+    return out
 
 
 def _emit(metric: Metric, labels: Dict[str, str], d: _DurAgg, s: Settings) -> None:

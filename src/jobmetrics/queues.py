@@ -8,10 +8,17 @@ from time import perf_counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _errors
-from .durations import DurationSeries, new_duration
+from .durations import DurationSeries, duration_metric, new_duration
 from .settings import Settings
 
-__all__ = ["QueueSizes", "QueueWaits"]
+__all__ = ["QueueSizes", "QueueWaits", "wait_metric"]
+
+
+def wait_metric(settings: Settings) -> Any:
+    """The empty ``<prefix>queue_wait_seconds`` family, of the ``task_duration`` kind."""
+    return duration_metric(settings.prefix + "queue_wait_seconds",
+                           "Time items waited in an instrumented queue, from put to get, "
+                           "in seconds.", settings.task_duration)
 
 SizeFn = Callable[[Any], int]
 
