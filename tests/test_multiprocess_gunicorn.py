@@ -205,3 +205,42 @@ def test_sigkilled_worker_keeps_counts_drops_live_gauges(
     assert duration(got) == 32
     assert master.poll() is None
     promtool_check(text)
+
+
+def test_example_config_serves_flask_app_from_four_workers() -> None:
+    """examples/gunicorn.conf.py with examples/flask_app.py, run as docs/gunicorn.md says."""
+    binary = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "flask_app:application"],
+        cwd=examples, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics")
+        req = urllib.request.Request
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(get, [f"{base}/jobs/{i}" for i in range(1, 13)]))
+            list(pool.map(lambda i: urllib.request.urlopen(
+                req(f"{base}/jobs/{i}/scan", data=b"", method="POST"), timeout=30).read(),
+                range(1, 7)))
+        op = (("code", "200"), ("method", "GET"), ("operation", "/jobs/<int:job_id>"))
+        scans = (P + "task_total", (("status", "success"), ("type", "scan")))
+        text, got = scrape_until(
+            base, lambda g: g.get((P + "http_request_total", op)) == 12.0
+            and g.get(scans) == 6.0)
+        assert got[(P + "http_request_total", op)] == 12.0
+        assert got[scans] == 6.0
+        # workers: the live processes with a file, once all four have booted
+        _, got = scrape_until(base, lambda g: workers(g) == "4")
+        assert workers(got) == "4"
+        promtool_check(text)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def workers(got: Dict[Tuple[str, Labels], float]) -> str:
+    return next(dict(lb)["workers"] for name, lb in got if name == P + "info")
