@@ -343,3 +343,22 @@ def test_gunicorn_workers_in_multiprocess_mode(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_exhausted_but_never_closed_response_ends_once(m: JobMetrics,
+                                                        registry: CollectorRegistry) -> None:
+    """werkzeug's server skips ``close()`` when the client resets the connection just
+    after the response (urllib does, leaving an error body unread), and keeps the
+    response alive until the garbage collector runs: the request ends with its last byte
+    anyway, and a later close() does not count it again."""
+    def app(env: Any, start_response: Any) -> List[bytes]:
+        start_response("404 NOT FOUND", [])
+        return [b"not ", b"found"]
+
+    result = WSGIMiddleware(app, metrics=m)(environ("/missing"), lambda *a: None)
+    assert inflight(registry) == 1.0
+    assert list(result) == [b"not ", b"found"]  # the server wrote every byte
+    assert inflight(registry) == 0.0  # result is still referenced: no __del__ involved
+    assert requests_total(registry) == {"GET 404 unknown": 1.0}
+    result.close()  # type: ignore[attr-defined]
+    assert requests_total(registry) == {"GET 404 unknown": 1.0}

@@ -26,12 +26,14 @@ def flask_operation(environ: Environ) -> Optional[str]:
 
 
 class _Response:
-    """The app's response iterable; the request ends when the server closes it.
+    """The app's response iterable; the request ends after its last byte.
 
-    PEP 3333 has every server call ``close()`` once it is done with the response,
-    also when the client went away or the iteration raised, so that is where the
-    duration ends and the in-flight count drops, exactly once. ``__del__`` covers a
-    server that forgets.
+    PEP 3333 has every server call ``close()`` once it is done with the response, also
+    when the client went away or the iteration raised. Not every server does: werkzeug's
+    skips it when the client resets the connection while it drains the request. So the
+    request also ends when the server asks for the item after the last one (by then it
+    has written every byte), whichever comes first, exactly once. ``__del__`` covers a
+    server that neither exhausts nor closes the iterable.
     """
 
     __slots__ = ("_finish", "_inner")
@@ -41,7 +43,8 @@ class _Response:
         self._finish = finish
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
+        yield from self._inner
+        self._finish()
 
     def close(self) -> None:
         try:
