@@ -10,8 +10,11 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Dict, Tuple
 
 import pytest
+
+from promcheck import Labels, samples
 
 
 def free_port() -> int:
@@ -31,6 +34,29 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def get(url: str, timeout: float = 30) -> str:
+    """The body of a GET of ``url``."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body.decode()
+
+
+def scrape_until(base: str, ok: Callable[[Dict[Tuple[str, Labels], float]], bool],
+                 timeout: float = 20) -> Tuple[str, Dict[Tuple[str, Labels], float]]:
+    """Scrape ``base``/metrics until ``ok`` holds or ``timeout`` passes; the last scrape.
+
+    A server counts a request just after sending its response, so a client that has its
+    answer may scrape a moment before the count moves.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = get(base + "/metrics")
+        got = samples(text)
+        if ok(got) or time.monotonic() > deadline:
+            return text, got
+        time.sleep(0.05)
 
 
 @contextmanager

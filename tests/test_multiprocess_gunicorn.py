@@ -16,12 +16,12 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
-from promcheck import Labels, promtool_check, samples
-from servers import free_port, wait_http
+from promcheck import Labels, promtool_check
+from servers import free_port, get, scrape_until, wait_http
 
 P = "harbor_jobservice_"
 OP = "/work/<int:ms>"
@@ -65,12 +65,6 @@ def application(environ, start_response):
 SLEEPS_MS = [round(40 * 1.2 ** k) for k in range(20)]
 
 
-def get(url: str, timeout: float = 30) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        body: bytes = resp.read()
-        return body.decode()
-
-
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes]]]:
     binary = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -103,18 +97,6 @@ def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def scrape_until(base: str, ok: Callable[[Dict[Tuple[str, Labels], float]], bool],
-                 timeout: float = 20) -> Tuple[str, Dict[Tuple[str, Labels], float]]:
-    """Scrape until ``ok`` holds (a request is counted just after its response is sent)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = get(base + "/metrics")
-        got = samples(text)
-        if ok(got) or time.monotonic() > deadline:
-            return text, got
-        time.sleep(0.05)
 
 
 def total(got: Dict[Tuple[str, Labels], float]) -> float:
