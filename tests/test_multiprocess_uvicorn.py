@@ -126,6 +126,10 @@ def duration(got: Dict[Tuple[str, Labels], float], suffix: str = "_count",
     return got.get((P + "http_request_duration_seconds" + suffix, labels), 0.0)
 
 
+def workers(got: Dict[Tuple[str, Labels], float]) -> str:
+    return next(dict(lb)["workers"] for name, lb in got if name == P + "info")
+
+
 def test_two_workers_one_scrape_exact_counts_and_merged_quantiles(
         uvicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
     base, _, _ = uvicorn
@@ -143,8 +147,7 @@ def test_two_workers_one_scrape_exact_counts_and_merged_quantiles(
         exact = done[math.floor(float(q) * (n - 1))]
         est = duration(got, "", q)
         assert exact * 0.99 <= est <= exact * 1.01 + 0.008, (q, est, exact)
-    info = next(dict(lb) for name, lb in got if name == P + "info")
-    assert info["workers"] == str(WORKERS)  # the supervisor never imports the app
+    assert workers(got) == str(WORKERS)  # the supervisor never imports the app
     promtool_check(text)
 
 
@@ -217,8 +220,9 @@ def test_example_app_under_uvicorn_workers_as_documented(tmp_path: Path) -> None
             list(pool.map(get, [f"{base}/api/jobs/{i}" for i in range(1, 11)]))
         op = (("code", "200"), ("method", "GET"), ("operation", "/api/jobs/{job_id:int}"))
         key = (P + "http_request_total", op)
-        text, got = scrape_until(base, lambda g: g.get(key) == 10.0)
+        text, got = scrape_until(base, lambda g: g.get(key) == 10.0 and workers(g) == "2")
         assert got[key] == 10.0
+        assert workers(got) == "2"       # once both have booted
         files = [f for f in os.listdir(mpdir) if f.endswith(".db")]
         assert len(files) == WORKERS, files     # one per worker, none for the supervisor
         promtool_check(text)
