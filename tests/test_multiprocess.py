@@ -242,3 +242,53 @@ def test_fork_after_the_directory_is_gone_records_nothing_and_never_raises(
     p.start()
     p.join(20)
     assert p.exitcode == 0
+
+
+def test_children_forked_during_scrapes_never_inherit_the_lock(mp: JobMetrics) -> None:
+    """Celery forks pool children while its main process serves scrapes. A child forked
+    mid-scrape must not keep the scrape's lock: it would block every later scrape and
+    deadlock its own exit hook (mark_process_dead, as setup_celery runs it)."""
+    import threading
+
+    from jobmetrics.multiprocess import mark_process_dead
+
+    stop = threading.Event()
+
+    def scrape_forever() -> None:
+        while not stop.is_set():
+            scrape(mp.registry)
+
+    scraper = threading.Thread(target=scrape_forever)
+    scraper.start()
+    pids = []
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:  # a pool child: one task, then its exit hook
+                code = 1
+                try:
+                    with mp.track_task("w"):
+                        pass
+                    mark_process_dead(os.getpid(), mp.settings.multiprocess_dir)
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+            time.sleep(0.005)
+        deadline = time.monotonic() + 20
+        codes = {}
+        while len(codes) < len(pids) and time.monotonic() < deadline:
+            for pid in set(pids) - set(codes):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        scraper.join(20)
+        for pid in set(pids) - set(codes):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert not scraper.is_alive(), "a scrape hung on a lock held by a child"
+    assert sorted(codes.values()) == [0] * 20, "children hung in their exit hook"
+    assert got(mp)[t("w", "success")] == 20.0

@@ -86,14 +86,27 @@ def check_directory(directory: str) -> str:
     return directory
 
 
+# flock() locks belong to the open file, which a forked child shares: a child forked
+# while another thread of its parent is inside _locked (Celery forks pool children while
+# the main process serves scrapes) would hold that lock for its whole life, and deadlock
+# on its own next exclusive lock. So the child closes every lock descriptor it inherits,
+# and the guard keeps a fork from landing between an open() and its bookkeeping.
+_fork_guard = threading.Lock()
+_lock_fds: set[int] = set()
+
+
 @contextlib.contextmanager
 def _locked(directory: str, exclusive: bool) -> Iterator[None]:
-    fd = os.open(os.path.join(directory, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    with _fork_guard:
+        fd = os.open(os.path.join(directory, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        _lock_fds.add(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        with _fork_guard:
+            _lock_fds.discard(fd)
+            os.close(fd)  # closing releases the lock
 
 
 def _pid_alive(pid: int) -> bool:
@@ -127,12 +140,18 @@ _stores: weakref.WeakSet[ProcessStore] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    for fd in _lock_fds:  # the parent's, not ours: see _locked
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+    _fork_guard.release()
     for store in list(_stores):
         store.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_fork_guard.acquire, after_in_parent=_fork_guard.release,
+                        after_in_child=_after_fork_in_child)
 
 
 class _NullFile:
