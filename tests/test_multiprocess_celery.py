@@ -155,7 +155,7 @@ def test_prefork_children_one_scrape_exact_totals_rate_and_quantiles(
 def test_sigkilled_child_replaced_counts_kept_running_dropped(
         tmp_path: Path,
         worker: Tuple[str, Path, celery.Celery, subprocess.Popen[bytes]]) -> None:
-    base, mpdir, client, proc = worker
+    base, _, client, proc = worker
     for r in [client.send_task("capp.replicate", args=[30]) for _ in range(6)]:
         r.get(timeout=60)
     _, got = scrape_until(base, lambda g: tasks(g, "success") >= 6)
