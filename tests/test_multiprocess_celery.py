@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -186,3 +186,65 @@ def test_sigkilled_child_replaced_counts_kept_running_dropped(
     assert tasks(got, "success") == 12
     assert proc.poll() is None
     promtool_check(text)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def start_example_worker(tmp_path: Path, redis_server: RedisServer, port: int,
+                         mpdir: Optional[Path]) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(CELERY_BROKER_URL=redis_server.url(0), METRICS_PORT=str(port))
+    if mpdir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(mpdir)
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
+         "--concurrency", "4", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "worker.log").open("wb"))
+
+
+def test_example_app_as_documented(tmp_path: Path, redis_server: RedisServer) -> None:
+    """docs/celery.md: examples/celery_app.py's worker, jobs sent by its own __main__."""
+    mpdir = tmp_path / "mp"
+    mpdir.mkdir()
+    port = free_port()
+    proc = start_example_worker(tmp_path, redis_server, port, mpdir)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics", timeout=60)
+        env = dict(os.environ, CELERY_BROKER_URL=redis_server.url(0))
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)   # the sender records nothing
+        sent = subprocess.run([sys.executable, "celery_app.py", "12"], cwd=EXAMPLES, env=env,
+                              capture_output=True, timeout=60, check=True)
+        assert sent.stdout.decode().startswith("sent 12 replications")
+
+        def done(g: Dict[Tuple[str, Labels], float]) -> float:
+            return tasks(g, "success") + tasks(g, "fail")
+
+        text, got = scrape_until(base, lambda g: done(g) == 12
+                                 and tasks(g, "success", "gc") == 1, timeout=60)
+        assert done(got) == 12
+        assert tasks(got, "success", "gc") == 1
+        assert "jobmetrics: Celery prefork pool" not in (tmp_path / "worker.log").read_text()
+        promtool_check(text)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_prefork_worker_without_the_mode_warns(tmp_path: Path,
+                                               redis_server: RedisServer) -> None:
+    proc = start_example_worker(tmp_path, redis_server, free_port(), None)
+    try:
+        log = tmp_path / "worker.log"
+        deadline = time.monotonic() + 60
+        while "jobmetrics: Celery prefork pool without multi-process mode" not in (
+                log.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        assert "PROMETHEUS_MULTIPROC_DIR" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from prometheus_client.metrics_core import Metric
 
 from . import _errors
+from ._errors import logger
 from .durations import emit_histogram, emit_summary
 from .families import new_family
 from .mpstore import ValueFile, read_values
@@ -696,17 +697,32 @@ def child_exit(server: Any, worker: Any) -> None:
 def setup_celery(directory: Optional[str] = None) -> None:
     """Fold each Celery prefork child's values into the archive as it shuts down.
 
-    Call once where the Celery app is defined. Children are forked with a file of their
-    own (see :class:`ProcessStore`); this only makes their exit cheap for the next scrape.
+    Call once where the Celery app is defined (a process that only sends tasks imports it
+    too: there it does nothing). Children are forked with a file of their own (see
+    :class:`ProcessStore`); this only makes their exit cheap for the next scrape. A
+    prefork worker started without multi-process mode logs a warning as it starts: its
+    children would record into memory that no scrape of the main process reads.
     """
-    from celery.signals import worker_process_shutdown
+    from celery.signals import worker_init, worker_process_shutdown
+
+    def on_init(sender: Any = None, **_: Any) -> None:
+        pool = getattr(sender, "pool_cls", None)
+        name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+        if "prefork" in str(name) and not (directory or os.environ.get(ENV_VAR)):
+            logger.warning(
+                "jobmetrics: Celery prefork pool without multi-process mode: each child "
+                "records into its own memory and the main process's /metrics shows none "
+                "of it; export %s (an empty directory) before starting the worker", ENV_VAR)
 
     def on_shutdown(**_: Any) -> None:
+        if not (directory or os.environ.get(ENV_VAR)):
+            return  # not in multi-process mode: nothing was written
         try:
             mark_process_dead(os.getpid(), directory)
         except Exception as exc:
             _errors.report("celery worker_process_shutdown", exc)
 
+    worker_init.connect(on_init, weak=False)
     worker_process_shutdown.connect(on_shutdown, weak=False)
 
 
