@@ -511,3 +511,27 @@ def test_bad_task_types(m: JobMetrics) -> None:
         m.task("a", type="b")
     with pytest.raises(TypeError, match="callable"):
         m.task(type="x")(42)
+
+
+def test_celery_decorator_order(m: JobMetrics, registry: CollectorRegistry) -> None:
+    """Over a Celery task, @m.task would instrument only direct calls, never the worker's
+    runs: a clear TypeError. Under @app.task (or @shared_task) it is what the worker runs."""
+    celery = pytest.importorskip("celery")
+    app = celery.Celery("t", set_as_current=False)
+
+    def one() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"put @m\.task under @app\.task"):
+        m.task("gc")(app.task(one))
+    with pytest.raises(TypeError, match=r"put @m\.task under @app\.task"):
+        m.task("gc")(celery.shared_task(one))
+
+    @app.task
+    @m.task("gc")
+    def collect(n: int) -> int:
+        return n * 2
+
+    assert collect.name.endswith(".collect")  # Celery names it after the function
+    assert collect.apply(args=(21,)).get() == 42  # as a worker runs it
+    assert value(registry, "harbor_jobservice_task_total", type="gc", status="success") == 1

@@ -205,6 +205,14 @@ def _add_process_collectors(registry: CollectorRegistry) -> None:
             make(registry=registry)
 
 
+def _is_celery_task(obj: Any) -> bool:
+    # By the class names, so that jobmetrics never imports celery itself.
+    return any(
+        (c.__module__, c.__name__) in (("celery.app.task", "Task"), ("celery.local", "Proxy"))
+        for c in type(obj).__mro__
+    )
+
+
 class JobMetrics:
     """The metric families of one job service, as SPEC'd by Harbor's jobservice.
 
@@ -437,6 +445,12 @@ class JobMetrics:
         plain = getattr(fn, "__func__", fn) if isinstance(fn, (classmethod, staticmethod)) else fn
         if not callable(plain):
             raise TypeError(f"task() decorates a callable, got {fn!r}")
+        if _is_celery_task(plain):
+            # The worker would run the Celery task it registered, not our wrapper.
+            raise TypeError(
+                "task() got a Celery task: put @m.task under @app.task (or @shared_task), "
+                "so that the worker runs the instrumented function"
+            )
         if task_type is None:
             task_type = getattr(plain, "__name__", None)
             if not isinstance(task_type, str):
