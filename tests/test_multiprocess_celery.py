@@ -5,7 +5,6 @@ task with it."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -14,17 +13,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 
 from exporter_support import RedisServer
-from promcheck import Labels, promtool_check
+from mpservers import SLEEPS_MS, Got, P, assert_quantiles_of, stop, workers
+from promcheck import promtool_check
 from servers import free_port, scrape_until, wait_http
 
 celery = pytest.importorskip("celery")
 
-P = "harbor_jobservice_"
 CONCURRENCY = 4
 MAX_TASKS_PER_CHILD = 3
 
@@ -59,8 +58,7 @@ def hold(path):
     time.sleep(600)
 '''
 
-# Geometric spacing, as in the gunicorn test; every fourth task fails.
-SLEEPS_MS = [round(40 * 1.2 ** k) for k in range(20)]
+# Every fourth task fails.
 FAILS = [k % 4 == 3 for k in range(20)]
 
 
@@ -88,21 +86,12 @@ def worker(tmp_path: Path, redis_server: RedisServer
         yield base, mpdir, client, proc
     finally:
         client.close()
-        proc.terminate()   # Celery's warm shutdown; SIGKILL if it hangs
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, 30)   # Celery's warm shutdown; SIGKILL if it hangs
 
 
-def tasks(got: Dict[Tuple[str, Labels], float], status: str, type: str = "replication"
+def tasks(got: Got, status: str, type: str = "replication"
           ) -> float:
     return got.get((P + "task_total", (("status", status), ("type", type))), 0.0)
-
-
-def workers(got: Dict[Tuple[str, Labels], float]) -> str:
-    return next(dict(lb)["workers"] for name, lb in got if name == P + "info")
 
 
 def pid_files(mpdir: Path) -> List[str]:
@@ -138,14 +127,11 @@ def test_prefork_children_one_scrape_exact_totals_rate_and_quantiles(
     assert tasks(got, "fail") == 5
     assert got[(P + "task_success_rate", (("type", "replication"),))] == 0.75
     assert got[(P + "running_task", (("type", "replication"),))] == 0.0
-    done = sorted(ms / 1000 for ms, fail in zip(SLEEPS_MS, FAILS) if not fail)
     key = P + "task_process_time_seconds"
     labels = (("status", "success"), ("type", "replication"))
     assert got[(key + "_count", labels)] == 15
-    for q in ("0.5", "0.9", "0.99"):
-        exact = done[math.floor(float(q) * (len(done) - 1))]
-        est = got[(key, (("quantile", q), *labels))]
-        assert exact * 0.99 <= est <= exact * 1.01 + 0.008, (q, est, exact)
+    assert_quantiles_of({q: got[(key, (("quantile", q), *labels))] for q in ("0.5", "0.9", "0.99")},
+                        [ms / 1000 for ms, fail in zip(SLEEPS_MS, FAILS) if not fail])
     # The main process has a file too (it imported the app): children + 1.
     assert workers(got) == str(CONCURRENCY + 1)
     assert proc.poll() is None
@@ -220,7 +206,7 @@ def test_example_app_as_documented(tmp_path: Path, redis_server: RedisServer) ->
                               capture_output=True, timeout=60, check=True)
         assert sent.stdout.decode().startswith("sent 12 replications")
 
-        def done(g: Dict[Tuple[str, Labels], float]) -> float:
+        def done(g: Got) -> float:
             return tasks(g, "success") + tasks(g, "fail")
 
         text, got = scrape_until(base, lambda g: done(g) == 12
@@ -230,8 +216,7 @@ def test_example_app_as_documented(tmp_path: Path, redis_server: RedisServer) ->
         assert "jobmetrics: Celery prefork pool" not in (tmp_path / "worker.log").read_text()
         promtool_check(text)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc, 30)
 
 
 def test_prefork_worker_without_the_mode_warns(tmp_path: Path,
@@ -246,5 +231,4 @@ def test_prefork_worker_without_the_mode_warns(tmp_path: Path,
             time.sleep(0.05)
         assert "PROMETHEUS_MULTIPROC_DIR" in log.read_text()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc, 30)

@@ -3,27 +3,35 @@ and a worker killed with SIGKILL takes only its live gauges with it."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import pytest
 
-from promcheck import Labels, promtool_check
+from mpservers import (
+    SLEEPS_MS,
+    Got,
+    P,
+    assert_quantiles_of,
+    durations,
+    held_request,
+    request_quantiles,
+    requests,
+    stop,
+    wait_workers,
+    workers,
+)
+from promcheck import promtool_check
 from servers import free_port, get, scrape_until, wait_http
 
-P = "harbor_jobservice_"
 OP = "/work/<int:ms>"
 
 APP = '''
@@ -60,10 +68,6 @@ def application(environ, start_response):
     return app(environ, start_response)
 '''
 
-# Geometric spacing (x1.2): each duration is told from its neighbours even with the
-# sketch's 1% and a few milliseconds of server overhead on top of the sleep.
-SLEEPS_MS = [round(40 * 1.2 ** k) for k in range(20)]
-
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes]]]:
@@ -85,31 +89,18 @@ def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/metrics")
-        deadline = time.monotonic() + 30
-        with ThreadPoolExecutor(8) as pool:    # all four workers booted and accepting
-            while len(set(pool.map(get, [base + "/ready"] * 8))) < 4:
-                assert time.monotonic() < deadline, "gunicorn never ran 4 workers"
+        wait_workers(base, 4)    # all four booted and accepting
         yield base, hold, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
-def total(got: Dict[Tuple[str, Labels], float]) -> float:
-    return got.get((P + "http_request_total",
-                    (("code", "200"), ("method", "GET"), ("operation", OP))), 0.0)
+def total(got: Got) -> float:
+    return requests(got, OP)
 
 
-def duration(got: Dict[Tuple[str, Labels], float], suffix: str = "_count",
-             quantile: str = "") -> float:
-    labels: Labels = (("method", "GET"), ("operation", OP))
-    if quantile:
-        labels = (("method", "GET"), ("operation", OP), ("quantile", quantile))
-    return got.get((P + "http_request_duration_seconds" + suffix, labels), 0.0)
+def duration(got: Got, suffix: str = "_count") -> float:
+    return durations(got, OP, suffix)
 
 
 def test_four_workers_one_scrape_exact_counts_and_merged_quantiles(
@@ -127,11 +118,7 @@ def test_four_workers_one_scrape_exact_counts_and_merged_quantiles(
     assert duration(got, "_sum") >= sum(SLEEPS_MS) / 1000
     assert got[(P + "http_inflight_requests", ())] == 0.0
     # The quantiles are those of all 20 durations, which no single worker saw.
-    done = sorted(ms / 1000 for ms in SLEEPS_MS)
-    for q in ("0.5", "0.9", "0.99"):
-        exact = done[math.floor(float(q) * (n - 1))]
-        est = duration(got, "", q)
-        assert exact * 0.99 <= est <= exact * 1.01 + 0.008, (q, est, exact)
+    assert_quantiles_of(request_quantiles(got, OP), [ms / 1000 for ms in SLEEPS_MS])
     assert "/work/40" not in text
     promtool_check(text)
 
@@ -146,28 +133,12 @@ def test_sigkilled_worker_keeps_counts_drops_live_gauges(
     assert total(got) == 16
 
     # One request held inside a worker, in flight and running a task.
-    errors: List[BaseException] = []
-
-    def held() -> None:
-        try:
-            get(f"{base}/hold/a", timeout=60)
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
-            errors.append(exc)
-
-    client = threading.Thread(target=held)
-    client.start()
-    deadline = time.monotonic() + 20
-    while not (hold / "a").exists() or not (hold / "a").read_text():
-        assert time.monotonic() < deadline, "the held request never started"
-        time.sleep(0.02)
-    victim = int((hold / "a").read_text())
     running = (P + "running_task", (("type", "replication"),))
-    _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
-    assert got[running] == 1.0
-    assert got[(P + "http_inflight_requests", ())] == 1.0
-
-    os.kill(victim, signal.SIGKILL)
-    client.join(60)
+    with held_request(f"{base}/hold/a", hold / "a") as (victim, errors):
+        _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
+        assert got[running] == 1.0
+        assert got[(P + "http_inflight_requests", ())] == 1.0
+        os.kill(victim, signal.SIGKILL)
     assert errors, "the held request should fail with its worker"
 
     # gunicorn replaces the worker; scrapes go on, the dead worker's counts stay and its
@@ -220,9 +191,5 @@ def test_example_config_serves_flask_app_from_four_workers() -> None:
         assert workers(got) == "4"
         promtool_check(text)
     finally:
-        proc.terminate()
-        proc.wait(20)
+        stop(proc)
 
-
-def workers(got: Dict[Tuple[str, Labels], float]) -> str:
-    return next(dict(lb)["workers"] for name, lb in got if name == P + "info")

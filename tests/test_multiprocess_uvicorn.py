@@ -3,27 +3,35 @@ worker killed with SIGKILL (uvicorn starts another) takes only its live gauges w
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import pytest
 
-from promcheck import Labels, promtool_check
+from mpservers import (
+    SLEEPS_MS,
+    Got,
+    P,
+    assert_quantiles_of,
+    durations,
+    held_request,
+    request_quantiles,
+    requests,
+    stop,
+    wait_workers,
+    workers,
+)
+from promcheck import promtool_check
 from servers import free_port, get, scrape_until, wait_http
 
 pytest.importorskip("uvicorn")
 
-P = "harbor_jobservice_"
 OP = "/work/{ms:int}"
 
 APP = '''
@@ -64,7 +72,6 @@ async def application(scope, receive, send):
     await app(scope, receive, send)
 '''
 
-SLEEPS_MS = [round(40 * 1.2 ** k) for k in range(20)]
 WORKERS = 2
 
 
@@ -73,23 +80,6 @@ def uvicorn_env(mpdir: Path, **extra: str) -> Dict[str, str]:
            if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(PROMETHEUS_MULTIPROC_DIR=str(mpdir), **extra)
     return env
-
-
-def wait_workers(base: str, n: int) -> None:
-    """Until ``n`` different workers have answered an uninstrumented ``/ready``."""
-    deadline = time.monotonic() + 30
-    with ThreadPoolExecutor(8) as pool:
-        while len(set(pool.map(get, [base + "/ready"] * 8))) < n:
-            assert time.monotonic() < deadline, f"uvicorn never ran {n} workers"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -113,21 +103,12 @@ def uvicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes]
         stop(proc)
 
 
-def total(got: Dict[Tuple[str, Labels], float]) -> float:
-    return got.get((P + "http_request_total",
-                    (("code", "200"), ("method", "GET"), ("operation", OP))), 0.0)
+def total(got: Got) -> float:
+    return requests(got, OP)
 
 
-def duration(got: Dict[Tuple[str, Labels], float], suffix: str = "_count",
-             quantile: str = "") -> float:
-    labels: Labels = (("method", "GET"), ("operation", OP))
-    if quantile:
-        labels = (*labels, ("quantile", quantile))
-    return got.get((P + "http_request_duration_seconds" + suffix, labels), 0.0)
-
-
-def workers(got: Dict[Tuple[str, Labels], float]) -> str:
-    return next(dict(lb)["workers"] for name, lb in got if name == P + "info")
+def duration(got: Got, suffix: str = "_count") -> float:
+    return durations(got, OP, suffix)
 
 
 def test_two_workers_one_scrape_exact_counts_and_merged_quantiles(
@@ -142,11 +123,7 @@ def test_two_workers_one_scrape_exact_counts_and_merged_quantiles(
     assert duration(got) == n
     assert duration(got, "_sum") >= sum(SLEEPS_MS) / 1000
     assert got[(P + "http_inflight_requests", ())] == 0.0
-    done = sorted(ms / 1000 for ms in SLEEPS_MS)
-    for q in ("0.5", "0.9", "0.99"):
-        exact = done[math.floor(float(q) * (n - 1))]
-        est = duration(got, "", q)
-        assert exact * 0.99 <= est <= exact * 1.01 + 0.008, (q, est, exact)
+    assert_quantiles_of(request_quantiles(got, OP), [ms / 1000 for ms in SLEEPS_MS])
     assert workers(got) == str(WORKERS)  # the supervisor never imports the app
     promtool_check(text)
 
@@ -159,29 +136,13 @@ def test_sigkilled_worker_is_replaced_counts_kept_live_gauges_dropped(
     _, got = scrape_until(base, lambda g: total(g) >= 12)
     assert total(got) == 12
 
-    errors: List[BaseException] = []
-
-    def held() -> None:
-        try:
-            get(f"{base}/hold/a", timeout=60)
-        except (urllib.error.URLError, ConnectionError, OSError) as exc:
-            errors.append(exc)
-
-    client = threading.Thread(target=held)
-    client.start()
-    deadline = time.monotonic() + 20
-    while not (hold / "a").exists() or not (hold / "a").read_text():
-        assert time.monotonic() < deadline, "the held request never started"
-        time.sleep(0.02)
-    victim = int((hold / "a").read_text())
     running = (P + "running_task", (("type", "replication"),))
     inflight = (P + "http_inflight_requests", ())
-    _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
-    assert got[running] == 1.0
-    assert got[inflight] == 1.0
-
-    os.kill(victim, signal.SIGKILL)
-    client.join(60)
+    with held_request(f"{base}/hold/a", hold / "a") as (victim, errors):
+        _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
+        assert got[running] == 1.0
+        assert got[inflight] == 1.0
+        os.kill(victim, signal.SIGKILL)
     assert errors, "the held request should fail with its worker"
 
     # The next scrape no longer counts the dead worker's in-flight request or task.
