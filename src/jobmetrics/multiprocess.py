@@ -672,6 +672,11 @@ def _compact(directory: str, dead: Sequence[str]) -> None:
             os.remove(path)
 
 
+def _directory(directory: Optional[str]) -> Optional[str]:
+    """The directory a helper works in: the one given, else the environment's."""
+    return directory or os.environ.get(ENV_VAR)
+
+
 def mark_process_dead(pid: int, directory: Optional[str] = None) -> None:
     """Fold the values of process ``pid`` into the archive now.
 
@@ -679,7 +684,7 @@ def mark_process_dead(pid: int, directory: Optional[str] = None) -> None:
     mark_process_dead(worker.pid)``). Without it the next scrape does the same, once it
     sees the process is gone.
     """
-    directory = directory or os.environ.get(ENV_VAR)
+    directory = _directory(directory)
     if not directory:
         raise ValueError(f"no directory: pass directory= or set ${ENV_VAR}")
     path = os.path.join(directory, f"{_PREFIX}{pid}.db")
@@ -708,14 +713,14 @@ def setup_celery(directory: Optional[str] = None) -> None:
     def on_init(sender: Any = None, **_: Any) -> None:
         pool = getattr(sender, "pool_cls", None)
         name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-        if "prefork" in str(name) and not (directory or os.environ.get(ENV_VAR)):
+        if "prefork" in str(name) and not _directory(directory):
             logger.warning(
                 "jobmetrics: Celery prefork pool without multi-process mode: each child "
                 "records into its own memory and the main process's /metrics shows none "
                 "of it; export %s (an empty directory) before starting the worker", ENV_VAR)
 
     def on_shutdown(**_: Any) -> None:
-        if not (directory or os.environ.get(ENV_VAR)):
+        if not _directory(directory):
             return  # not in multi-process mode: nothing was written
         try:
             mark_process_dead(os.getpid(), directory)
