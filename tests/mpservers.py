@@ -4,6 +4,8 @@ scrape, waiting for workers, holding a request inside a worker to kill it there.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -14,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from servers import get
+from promcheck import promtool_check
+from servers import get, scrape_until
 
 P = "harbor_jobservice_"
 Got = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
@@ -96,3 +99,60 @@ def held_request(url: str, marker: Path) -> Iterator[Tuple[int, List[BaseExcepti
         yield int(marker.read_text()), errors
     finally:
         thread.join(60)
+
+
+def check_requests_spread_over_workers(base: str, op: str, n_workers: int) -> None:
+    """``/work/<ms>`` for every sleep of SLEEPS_MS from eight clients: every worker takes
+    some, and one scrape shows all of them, with the quantiles of all the durations (which
+    no single worker saw)."""
+    with ThreadPoolExecutor(8) as pool:
+        pids = list(pool.map(get, [f"{base}/work/{ms}" for ms in SLEEPS_MS]))
+    assert len(set(pids)) == n_workers
+    n = len(SLEEPS_MS)
+    text, got = scrape_until(base, lambda g: requests(g, op) >= n)
+    assert requests(got, op) == n
+    assert durations(got, op) == n
+    assert durations(got, op, "_sum") >= sum(SLEEPS_MS) / 1000
+    assert got[(P + "http_inflight_requests", ())] == 0.0
+    assert_quantiles_of(request_quantiles(got, op), [ms / 1000 for ms in SLEEPS_MS])
+    assert workers(got) == str(n_workers)
+    assert "/work/40" not in text
+    promtool_check(text)
+
+
+def check_worker_killed_mid_request(base: str, hold: Path, op: str, n_workers: int,
+                                    n: int, server: subprocess.Popen[bytes]) -> None:
+    """``n`` requests, then one held in a worker inside ``m.track_task("replication")``
+    (the app's ``/hold/<name>``) and that worker killed with SIGKILL: its counts stay, its
+    in-flight request and running task are gone, the server's replacement serves the next
+    ``n`` and the totals are exact."""
+    with ThreadPoolExecutor(8) as pool:
+        before = set(pool.map(get, [f"{base}/work/30"] * n))
+    assert len(before) >= 2
+    _, got = scrape_until(base, lambda g: requests(g, op) >= n)
+    assert requests(got, op) == n
+
+    running = (P + "running_task", (("type", "replication"),))
+    inflight = (P + "http_inflight_requests", ())
+    with held_request(f"{base}/hold/a", hold / "a") as (victim, errors):
+        _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
+        assert got[running] == 1.0
+        assert got[inflight] == 1.0
+        os.kill(victim, signal.SIGKILL)
+    assert errors, "the held request should fail with its worker"
+
+    # The next scrape no longer counts the dead worker's in-flight request or task.
+    _, got = scrape_until(base, lambda g: g.get(running) == 0.0 and g.get(inflight) == 0.0)
+    assert got[running] == 0.0
+    assert got[inflight] == 0.0
+    assert requests(got, op) == n
+    assert durations(got, op) == n
+    wait_workers(base, n_workers)  # the server has started a replacement
+    with ThreadPoolExecutor(8) as pool:
+        after = set(pool.map(get, [f"{base}/work/30"] * n))
+    assert str(victim) not in after
+    text, got = scrape_until(base, lambda g: requests(g, op) >= 2 * n)
+    assert requests(got, op) == 2 * n
+    assert durations(got, op) == 2 * n
+    assert server.poll() is None
+    promtool_check(text)

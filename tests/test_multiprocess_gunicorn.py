@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,14 +16,9 @@ from typing import Tuple
 import pytest
 
 from mpservers import (
-    SLEEPS_MS,
-    Got,
     P,
-    assert_quantiles_of,
-    durations,
-    held_request,
-    request_quantiles,
-    requests,
+    check_requests_spread_over_workers,
+    check_worker_killed_mid_request,
     stop,
     wait_workers,
     workers,
@@ -95,69 +89,16 @@ def gunicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes
         stop(proc)
 
 
-def total(got: Got) -> float:
-    return requests(got, OP)
-
-
-def duration(got: Got, suffix: str = "_count") -> float:
-    return durations(got, OP, suffix)
-
-
 def test_four_workers_one_scrape_exact_counts_and_merged_quantiles(
         gunicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
-    base, _, _ = gunicorn
-    # Eight concurrent clients against four sync workers, each busy for its sleep:
-    # every worker has to take some of the requests.
-    with ThreadPoolExecutor(8) as pool:
-        pids = list(pool.map(get, [f"{base}/work/{ms}" for ms in SLEEPS_MS]))
-    assert len(set(pids)) == 4
-    n = len(SLEEPS_MS)
-    text, got = scrape_until(base, lambda g: total(g) >= n)
-    assert total(got) == n
-    assert duration(got) == n
-    assert duration(got, "_sum") >= sum(SLEEPS_MS) / 1000
-    assert got[(P + "http_inflight_requests", ())] == 0.0
-    # The quantiles are those of all 20 durations, which no single worker saw.
-    assert_quantiles_of(request_quantiles(got, OP), [ms / 1000 for ms in SLEEPS_MS])
-    assert "/work/40" not in text
-    promtool_check(text)
+    # Eight concurrent clients against four sync workers, each busy for its sleep.
+    check_requests_spread_over_workers(gunicorn[0], OP, 4)
 
 
 def test_sigkilled_worker_keeps_counts_drops_live_gauges(
         gunicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
     base, hold, master = gunicorn
-    with ThreadPoolExecutor(8) as pool:
-        before = set(pool.map(get, [f"{base}/work/30"] * 16))
-    assert len(before) >= 2
-    _, got = scrape_until(base, lambda g: total(g) >= 16)
-    assert total(got) == 16
-
-    # One request held inside a worker, in flight and running a task.
-    running = (P + "running_task", (("type", "replication"),))
-    with held_request(f"{base}/hold/a", hold / "a") as (victim, errors):
-        _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
-        assert got[running] == 1.0
-        assert got[(P + "http_inflight_requests", ())] == 1.0
-        os.kill(victim, signal.SIGKILL)
-    assert errors, "the held request should fail with its worker"
-
-    # gunicorn replaces the worker; scrapes go on, the dead worker's counts stay and its
-    # in-flight request and running task are gone.
-    _, got = scrape_until(
-        base, lambda g: g.get(running) == 0.0
-        and g.get((P + "http_inflight_requests", ())) == 0.0)
-    assert got[running] == 0.0
-    assert got[(P + "http_inflight_requests", ())] == 0.0
-    assert total(got) == 16
-    assert duration(got) == 16
-    with ThreadPoolExecutor(8) as pool:
-        after = set(pool.map(get, [f"{base}/work/30"] * 16))
-    assert victim not in {int(p) for p in after}
-    text, got = scrape_until(base, lambda g: total(g) >= 32)
-    assert total(got) == 32
-    assert duration(got) == 32
-    assert master.poll() is None
-    promtool_check(text)
+    check_worker_killed_mid_request(base, hold, OP, 4, 16, master)
 
 
 def test_example_config_serves_flask_app_from_four_workers() -> None:

@@ -4,7 +4,6 @@ worker killed with SIGKILL (uvicorn starts another) takes only its live gauges w
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,14 +14,9 @@ from typing import Dict, Tuple
 import pytest
 
 from mpservers import (
-    SLEEPS_MS,
-    Got,
     P,
-    assert_quantiles_of,
-    durations,
-    held_request,
-    request_quantiles,
-    requests,
+    check_requests_spread_over_workers,
+    check_worker_killed_mid_request,
     stop,
     wait_workers,
     workers,
@@ -103,64 +97,17 @@ def uvicorn(tmp_path: Path) -> Iterator[Tuple[str, Path, subprocess.Popen[bytes]
         stop(proc)
 
 
-def total(got: Got) -> float:
-    return requests(got, OP)
-
-
-def duration(got: Got, suffix: str = "_count") -> float:
-    return durations(got, OP, suffix)
-
-
 def test_two_workers_one_scrape_exact_counts_and_merged_quantiles(
         uvicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
-    base, _, _ = uvicorn
-    with ThreadPoolExecutor(8) as pool:
-        pids = list(pool.map(get, [f"{base}/work/{ms}" for ms in SLEEPS_MS]))
-    assert len(set(pids)) == WORKERS
-    n = len(SLEEPS_MS)
-    text, got = scrape_until(base, lambda g: total(g) >= n)
-    assert total(got) == n
-    assert duration(got) == n
-    assert duration(got, "_sum") >= sum(SLEEPS_MS) / 1000
-    assert got[(P + "http_inflight_requests", ())] == 0.0
-    assert_quantiles_of(request_quantiles(got, OP), [ms / 1000 for ms in SLEEPS_MS])
-    assert workers(got) == str(WORKERS)  # the supervisor never imports the app
-    promtool_check(text)
+    # /work blocks a worker's event loop, so the other worker takes the next requests;
+    # the supervisor never imports the app, so info's workers is exactly the workers.
+    check_requests_spread_over_workers(uvicorn[0], OP, WORKERS)
 
 
 def test_sigkilled_worker_is_replaced_counts_kept_live_gauges_dropped(
         uvicorn: Tuple[str, Path, subprocess.Popen[bytes]]) -> None:
     base, hold, supervisor = uvicorn
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(get, [f"{base}/work/30"] * 12))
-    _, got = scrape_until(base, lambda g: total(g) >= 12)
-    assert total(got) == 12
-
-    running = (P + "running_task", (("type", "replication"),))
-    inflight = (P + "http_inflight_requests", ())
-    with held_request(f"{base}/hold/a", hold / "a") as (victim, errors):
-        _, got = scrape_until(base, lambda g: g.get(running) == 1.0)
-        assert got[running] == 1.0
-        assert got[inflight] == 1.0
-        os.kill(victim, signal.SIGKILL)
-    assert errors, "the held request should fail with its worker"
-
-    # The next scrape no longer counts the dead worker's in-flight request or task.
-    _, got = scrape_until(base, lambda g: g.get(running) == 0.0 and g.get(inflight) == 0.0)
-    assert got[running] == 0.0
-    assert got[inflight] == 0.0
-    assert total(got) == 12
-    assert duration(got) == 12
-    # uvicorn's supervisor starts a replacement (it checks every half second).
-    wait_workers(base, WORKERS)
-    with ThreadPoolExecutor(8) as pool:
-        after = set(pool.map(get, [f"{base}/work/30"] * 12))
-    assert str(victim) not in after
-    text, got = scrape_until(base, lambda g: total(g) >= 24)
-    assert total(got) == 24
-    assert duration(got) == 24
-    assert supervisor.poll() is None
-    promtool_check(text)
+    check_worker_killed_mid_request(base, hold, OP, WORKERS, 12, supervisor)
 
 
 def test_example_app_under_uvicorn_workers_as_documented(tmp_path: Path) -> None:
