@@ -485,7 +485,7 @@ def test_internal_failure_is_logged_once_and_swallowed(
     def broken(self, good, now):  # type: ignore[no-untyped-def]
         raise RuntimeError("metrics bug")
 
-    monkeypatch.setattr(jobmetrics.window.SlidingRatio, "add", broken)
+    monkeypatch.setattr(jobmetrics.window.Window, "add", broken)
     monkeypatch.setattr(jobmetrics._errors, "_reported", set())
 
     @m.task("t")

@@ -24,7 +24,8 @@ from types import TracebackType
 from typing import Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
-from .tasks import SUCCESS, TaskRecorder, series_of, status_of
+from .state import SUCCESS, OuterRun, TaskState, outer_run
+from .tasks import status_of
 
 __all__ = ["WorkerPool"]
 
@@ -59,14 +60,9 @@ class WorkerPool:
         self.workers = workers
         self._on_error = on_error
         self._tasks: List[asyncio.Task[None]] = []
-        self._series: Optional[TaskRecorder] = None
+        self._series: Optional[TaskState] = None
         self._type = type or task_type_of(handler)
         self._call = handler
-        if metrics.enabled:
-            decorated = series_of(handler)
-            if decorated is not None and metrics.task_series(decorated.type) is decorated:
-                # Count each item once: the pool measures, the undecorated handler runs.
-                self._call = handler.__wrapped__  # type: ignore[attr-defined]
         self._metrics = metrics
 
     @property
@@ -110,6 +106,7 @@ class WorkerPool:
                 item, series = await queue.get(), None
             # No await from here to begin(): a cancellation cannot fall in between.
             start = 0.0
+            run: Optional[OuterRun] = None
             if series is not None:
                 start = series.begin_from_pending()
             elif self._metrics.enabled:
@@ -118,22 +115,28 @@ class WorkerPool:
                     self._series = self._metrics.task_series(self._type)
                 series = self._series
                 start = series.begin()
+            if series is not None:
+                # A @m.task handler takes the run over: each item counted once.
+                run = OuterRun(series)
+                token = outer_run.set(run)
             try:
                 result = call(item)
                 if inspect.isawaitable(result):
                     await result
             except asyncio.CancelledError:
-                if series is not None:
-                    series.end(status_of(asyncio.CancelledError()), start)
+                if run is not None:
+                    run.end(status_of(asyncio.CancelledError()), start)
                 raise
             except Exception as exc:
-                if series is not None:
-                    series.end(status_of(exc), start)
+                if run is not None:
+                    run.end(status_of(exc), start)
                 self._report(item, exc)
             else:
-                if series is not None:
-                    series.end(SUCCESS, start)
+                if run is not None:
+                    run.end(SUCCESS, start)
             finally:
+                if run is not None:
+                    outer_run.reset(token)
                 queue.task_done()
 
     def _report(self, item: Any, exc: BaseException) -> None:

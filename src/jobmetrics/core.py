@@ -8,19 +8,13 @@ import socket
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from time import perf_counter
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union, overload
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
-from . import _errors, multiprocess
-from .families import FAMILIES, family_names, new_family
-from .http_series import HttpRecorder, HttpSeries
-from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
+from . import multiprocess
 from .push import PushOnExit
-from .queues import QueueSizes, QueueWaits, wait_metric
+from .service import Service
 from .settings import (
     DEFAULT_BUCKETS,
     DEFAULT_QUANTILES,
@@ -28,7 +22,8 @@ from .settings import (
     check_int,
     check_name_part,
 )
-from .tasks import STATUSES, TaskHandle, TaskRecorder, TaskSeries, instrument
+from .state import HttpState, QueueSizes, QueueWaits, TaskState
+from .tasks import TaskHandle, instrument
 
 __all__ = ["JobMetrics", "default_metrics", "set_default_metrics"]
 
@@ -38,126 +33,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-class _Families:
-    """Every family's state for one (registry, prefix), and the collector over it."""
-
-    def __init__(self, settings: Settings, node: str, pool: str, workers: int) -> None:
-        self.settings = settings
-        self.names = family_names(settings.prefix)
-        self._lock = threading.Lock()
-        self.tasks: Dict[str, TaskRecorder] = {}
-        self.info = {"node": node, "pool": pool, "workers": str(workers)}
-        self.store: Optional[ProcessStore] = None
-        if settings.multiprocess_dir:
-            self.queues = QueueSizes(on_register=self._queue_registered)
-            self.store = ProcessStore(settings.multiprocess_dir, queue_sizes=self.queues.read)
-            self.http: HttpRecorder = MPHttpSeries(settings, self.store)
-        else:
-            self.queues = QueueSizes()
-            self.http = HttpSeries(settings)
-        self.queue_waits: Any = (
-            QueueWaits(settings) if self.store is None
-            else multiprocess.MPQueueWaits(settings, self.store))
-
-    def _queue_registered(self) -> None:
-        if self.store is not None:
-            self.store.publish_queue_sizes()
-            self.store.start_publisher()
-
-    def task_series(self, task_type: str) -> TaskRecorder:
-        series = self.tasks.get(task_type)
-        if series is None:
-            with self._lock:
-                series = self.tasks.get(task_type)
-                if series is None:
-                    if self.store is not None:
-                        series = MPTaskSeries(task_type, self.settings, self.store)
-                    else:
-                        series = TaskSeries(task_type, self.settings)
-                    self.tasks[task_type] = series
-        return series
-
-    # -- collector ---------------------------------------------------------------
-
-    def describe(self) -> List[Metric]:
-        return [new_family(key, self.names, self.settings) for key in FAMILIES]
-
-    def collect(self) -> Iterable[Metric]:
-        if self.store is not None:
-            try:
-                self.store.publish_queue_sizes()
-                yield from multiprocess.collect(
-                    self.settings.multiprocess_dir, self.settings, self.names, self.info)
-            except Exception as exc:
-                _errors.report("collect multiprocess", exc)
-            return
-        for part in (self._collect_http, self._collect_tasks, self._collect_other):
-            try:
-                yield from part()
-            except Exception as exc:  # a scrape must not fail because of one part
-                _errors.report(f"collect {part.__name__}", exc)
-
-    def _family(self, key: str) -> Any:
-        return new_family(key, self.names, self.settings)
-
-    def _collect_http(self) -> List[Metric]:
-        quantiles = self.settings.quantiles
-        http = self.http
-        assert isinstance(http, HttpSeries)
-        now = perf_counter()
-        inflight, requests, duration = map(
-            self._family, ("inflight", "requests", "request_duration"))
-        with http.lock():
-            inflight.add_metric((), float(http.inflight))
-            for (method, code, op), count in http.counts.items():
-                requests.add_metric((method, code, op), float(count))
-            for (method, op), series in http.durations.items():
-                series.emit(duration, {"method": method, "operation": op}, quantiles, now)
-        return [inflight, requests, duration]
-
-    def _collect_tasks(self) -> List[Metric]:
-        quantiles = self.settings.quantiles
-        now = perf_counter()
-        total, ptime, rate, running, pending = map(
-            self._family, ("tasks", "process_time", "success_rate", "running", "pending"))
-        for task_type, series in list(self.tasks.items()):
-            assert isinstance(series, TaskSeries)
-            with series.lock():
-                for i, status in enumerate(STATUSES):
-                    total.add_metric((task_type, status), float(series.counts[i]))
-                    series.durations[i].emit(
-                        ptime, {"type": task_type, "status": status}, quantiles, now
-                    )
-                rate.add_metric((task_type,), series.ratio.ratio(now))
-                running.add_metric((task_type,), float(series.running))
-                pending.add_metric((task_type,), float(series.pending))
-        return [total, ptime, rate, running, pending]
-
-    def _collect_other(self) -> List[Metric]:
-        size, info = self._family("queue_size"), self._family("info")
-        for name, value in sorted(self.queues.read().items()):
-            size.add_metric((name,), float(value))
-        info.add_metric((), dict(self.info))
-        out = [size, info]
-        wait = wait_metric(self.settings)
-        if self.queue_waits.emit(wait, self.settings.quantiles, perf_counter()):
-            out.append(wait)
-        return out
-
-
-class _Collector(Collector):
-    def __init__(self, families: _Families) -> None:
-        self._families = families
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families.describe()
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families.collect()
-
-
-# One _Families per (registry, prefix): a second JobMetrics with equal settings shares it.
-_shared: weakref.WeakKeyDictionary[CollectorRegistry, Dict[str, _Families]] = (
+# One Service per (registry, prefix): a second JobMetrics with equal settings shares it.
+_shared: weakref.WeakKeyDictionary[CollectorRegistry, Dict[str, Service]] = (
     weakref.WeakKeyDictionary()
 )
 _process_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
@@ -167,7 +44,7 @@ _shared_lock = threading.Lock()
 def _attach(
     registry: CollectorRegistry, settings: Settings, node: str, pool: str, workers: int,
     process_collectors: bool,
-) -> _Families:
+) -> Service:
     with _shared_lock:
         by_prefix = _shared.setdefault(registry, {})
         families = by_prefix.get(settings.prefix)
@@ -180,9 +57,9 @@ def _attach(
                     "namespace, subsystem or registry"
                 )
             return families
-        families = _Families(settings, node, pool, workers)
+        families = Service(settings, node, pool, workers)
         try:
-            registry.register(_Collector(families))
+            registry.register(families)
         except ValueError as exc:
             raise ValueError(
                 f"cannot register the jobmetrics families with prefix {settings.prefix!r}: "
@@ -283,6 +160,12 @@ class JobMetrics:
                 f"registry must be a prometheus_client CollectorRegistry, got "
                 f"{type(registry).__name__}"
             )
+        directory = (os.environ.get(multiprocess.ENV_VAR, "")
+                     if multiprocess_dir is None else multiprocess_dir)
+        if directory and enabled:
+            directory = multiprocess.check_directory(directory)
+            # Process metrics of whichever worker answers a scrape would mislead.
+            process_collectors = False
         self.settings = Settings(
             namespace=namespace,
             subsystem=subsystem,
@@ -294,15 +177,8 @@ class JobMetrics:
             http_duration=http_duration,
             buckets=_as_tuple(buckets),
             success_rate_window=success_rate_window,
-            multiprocess_dir=(
-                os.environ.get(multiprocess.ENV_VAR, "")
-                if multiprocess_dir is None else multiprocess_dir
-            ),
+            multiprocess_dir=directory,
         )
-        if self.settings.multiprocess_dir and enabled:
-            multiprocess.check_directory(self.settings.multiprocess_dir)
-            # Process metrics of whichever worker answers a scrape would mislead.
-            process_collectors = False
         if node is None:
             node = socket.gethostname()
         elif not isinstance(node, str):
@@ -317,7 +193,7 @@ class JobMetrics:
         self.path = _check_path("path", path)
         self.registry = registry
         self.enabled = enabled
-        self._families: Optional[_Families] = (
+        self._service: Optional[Service] = (
             _attach(registry, self.settings, node, pool, workers, process_collectors)
             if enabled
             else None
@@ -395,14 +271,14 @@ class JobMetrics:
             raise TypeError(f"pool must be a str, got {type(pool).__name__}")
         if workers is not None:
             check_int("workers", workers, 0)
-        if self._families is None:
+        if self._service is None:
             return
-        info = dict(self._families.info)
+        info = dict(self._service.info)
         if pool is not None:
             info["pool"] = pool
         if workers is not None:
             info["workers"] = str(workers)
-        self._families.info = info
+        self._service.info = info
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -458,9 +334,9 @@ class JobMetrics:
                     f"cannot name a task type after {fn!r}: use task('a type')"
                 )
         _check_type(task_type)
-        if self._families is None:
+        if self._service is None:
             return fn
-        return instrument(fn, self._families.task_series(task_type))
+        return instrument(fn, self._service.task_state(task_type))
 
     def track_task(self, task_type: str) -> TaskHandle:
         """A ``with``/``async with`` block that is one task of ``task_type``.
@@ -468,29 +344,34 @@ class JobMetrics:
         ``handle.mark_stopped()`` inside the block ends it as ``stop``.
         """
         _check_type(task_type)
-        if self._families is None:
+        if self._service is None:
             return TaskHandle(None)
-        return TaskHandle(self._families.task_series(task_type))
+        return TaskHandle(self._service.task_state(task_type))
 
-    def task_series(self, task_type: str) -> Optional[TaskRecorder]:
+    def task_series(self, task_type: str) -> Optional[TaskState]:
         """The live state of ``task_type`` (for wrappers built on jobmetrics), or
         ``None`` when disabled."""
         _check_type(task_type)
-        if self._families is None:
+        if self._service is None:
             return None
-        return self._families.task_series(task_type)
+        return self._service.task_state(task_type)
 
     # -- HTTP and queues: state shared with the middleware and queue wrappers ----------
 
     @property
-    def http(self) -> Optional[HttpRecorder]:
+    def http(self) -> Optional[HttpState]:
         """The ``http_*`` families' state, or ``None`` when disabled."""
-        return self._families.http if self._families is not None else None
+        return self._service.http if self._service is not None else None
 
     @property
     def queue_sizes(self) -> Optional[QueueSizes]:
         """The ``queue_size`` family's state, or ``None`` when disabled."""
-        return self._families.queues if self._families is not None else None
+        return self._service.queues if self._service is not None else None
+
+    @property
+    def queue_waits(self) -> Optional[QueueWaits]:
+        """The ``queue_wait_seconds`` family's state, or ``None`` when disabled."""
+        return self._service.queue_waits if self._service is not None else None
 
     def instrument_queue(
         self, q: Any, name: str, type_of: Optional[Callable[[Any], str]] = None
@@ -550,7 +431,7 @@ class JobMetrics:
         """
         from prometheus_client.exposition import default_handler
 
-        return PushOnExit(self, gateway, job, grouping_key, timeout,
+        return PushOnExit(self._service, gateway, job, grouping_key, timeout,
                           handler or default_handler)
 
     # -- exposition ----------------------------------------------------------------

@@ -1,6 +1,16 @@
-"""Duration series: a summary with windowed quantiles, or a cumulative histogram.
+"""Duration state in cells: a summary with windowed quantiles, or a cumulative histogram.
 
-One object per label set. The owner serialises access and passes ``perf_counter`` times.
+One :class:`Duration` per label set of a duration family. Its cells:
+
+- ``(ALL, COUNT)`` and ``(ALL, SUM)``: since start, summed over every process;
+- histogram: ``(ALL, BUCKET, i)``, the count of values in bucket ``i`` (not cumulative);
+- summary: a :class:`~jobmetrics.window.Window` of sketch buckets ``(WSUM, slot, code)``
+  (``code`` packs the sketch's ``(sign, index)``, see :func:`sketch_code`) with the
+  bucket's smallest and largest value, from which a scrape builds one merged
+  :class:`~jobmetrics.sketch.QuantileSketch` and clamps its quantiles into
+  ``[min, max]`` of the window.
+
+The caller holds ``store.lock`` and passes ``perf_counter`` times.
 """
 
 from __future__ import annotations
@@ -8,82 +18,137 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
+from .cells import Rule, Store
 from .settings import Settings
-from .window import SlidingSketch
+from .sketch import QuantileSketch
+from .window import Window
 
 # prometheus_client's own label formatting ("0.5", "+Inf", "1e+06"), typed.
 _go = cast(Callable[[float], str], floatToGoString)
 
 __all__ = [
-    "HistogramSeries",
-    "SummarySeries",
-    "duration_metric",
+    "BUCKET",
+    "COUNT",
+    "SUM",
+    "Duration",
     "emit_histogram",
     "emit_summary",
-    "new_duration",
+    "sketch_code",
+    "summary_quantiles",
 ]
 
+COUNT, SUM, BUCKET = 0, 1, 2
+_ALL = int(Rule.ALL)
+_log = math.log
+_ceil = math.ceil
+_MAX_FLOAT = 1.7976931348623157e308
 
-class SummarySeries:
-    """``_count`` and ``_sum`` since start, quantiles over the sliding window."""
+#: An exemplar: (trace id, value, unix time).
+ExemplarData = Tuple[str, float, float]
 
-    __slots__ = ("count", "sum", "window")
 
-    def __init__(self, settings: Settings, now: float) -> None:
-        self.count = 0
-        self.sum = 0.0
-        self.window = SlidingSketch(
-            settings.max_age, settings.age_buckets, settings.relative_accuracy, now
-        )
+def sketch_code(value: float, inv_log_gamma: float) -> int:
+    """One int for the sketch bucket of ``value``: ``index * 4 + sign + 1`` (ints are
+    not tracked by the garbage collector, so recording allocates nothing it could
+    collect). ``value`` is not NaN."""
+    if value > 0.0:
+        return _ceil(_log(min(value, _MAX_FLOAT)) * inv_log_gamma) * 4 + 2
+    if value < 0.0:
+        return _ceil(_log(min(-value, _MAX_FLOAT)) * inv_log_gamma) * 4
+    return 1
+
+
+class Duration:
+    """One label set of a duration family (see the module docstring)."""
+
+    __slots__ = ("_bounds", "_count", "_family", "_inv", "_labels", "_store", "_sum",
+                 "_window", "buckets", "exemplars")
+
+    def __init__(self, store: Store, family: str, labels: Tuple[str, ...],
+                 settings: Settings, kind: str) -> None:
+        self._store = store
+        self._family = family
+        self._labels = labels
+        self._bounds: Optional[Tuple[float, ...]] = (
+            settings.buckets if kind == "histogram" else None)
+        self._inv = 1.0 / math.log(
+            (1.0 + settings.relative_accuracy) / (1.0 - settings.relative_accuracy))
+        self._window: Optional[Window] = None if self._bounds is not None else Window(
+            store, family, labels, settings.max_age / settings.age_buckets,
+            settings.age_buckets, extremes=True)
+        # Per bucket, the latest exemplar; kept in this process only (not a number).
+        self.exemplars: Optional[List[Optional[ExemplarData]]] = None
+        self.bind()
+
+    def bind(self) -> None:
+        """Take this series' cells in the store (again, after a fork)."""
+        store, fam, labels = self._store, self._family, self._labels
+        self._count = store.cell((fam, labels, (_ALL, COUNT)))
+        self._sum = store.cell((fam, labels, (_ALL, SUM)))
+        self.buckets: List[int] = []
+        if self._bounds is not None:
+            self.buckets = [store.cell((fam, labels, (_ALL, BUCKET, i)))
+                            for i in range(len(self._bounds) + 1)]
+        if self._window is not None:
+            self._window.bind()
+        self.exemplars = None
 
     def observe(self, value: float, now: float) -> None:
-        self.count += 1
-        self.sum += value
-        self.window.add(value, now)
-
-    def emit(
-        self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
-    ) -> None:
-        emit_summary(metric, labels, quantiles, self.window.quantiles(quantiles, now),
-                     self.sum, self.count)
-
-
-class HistogramSeries:
-    """Cumulative bucket counts, as a Prometheus histogram."""
-
-    __slots__ = ("bounds", "count", "counts", "exemplars", "sum")
-
-    def __init__(self, settings: Settings, now: float) -> None:
-        self.bounds = settings.buckets
-        self.counts: List[int] = [0] * (len(self.bounds) + 1)
-        self.count = 0
-        self.sum = 0.0
-        # Per bucket, the latest (trace id, value, unix time); created on first use.
-        self.exemplars: Optional[List[Optional[Tuple[str, float, float]]]] = None
-
-    def observe(self, value: float, now: float) -> None:
-        self.count += 1
-        self.sum += value
-        self.counts[bisect_left(self.bounds, value)] += 1
+        """Record one value (seconds) at time ``now``."""
+        v = self._store.values
+        v[self._count] += 1.0
+        v[self._sum] += value
+        w = self._window
+        if w is None:
+            v[self.buckets[bisect_left(self._bounds, value)]] += 1.0  # type: ignore[arg-type]
+        elif value > 0.0:  # sketch_code, inlined: the hot path of every summary
+            w.add_value(_ceil(_log(value if value < _MAX_FLOAT else _MAX_FLOAT)
+                              * self._inv) * 4 + 2, value, now)
+        elif value == value:  # NaN has no sketch bucket
+            w.add_value(sketch_code(value, self._inv), value, now)
 
     def observe_exemplar(self, value: float, now: float, trace_id: str) -> None:
-        """``observe``, keeping ``trace_id`` as the exemplar of the value's bucket."""
+        """:meth:`observe`, keeping ``trace_id`` as the exemplar of the value's bucket
+        (histograms only: OpenMetrics has no exemplars on summary quantiles)."""
         self.observe(value, now)
+        if self._bounds is None:
+            return
         if self.exemplars is None:
-            self.exemplars = [None] * len(self.counts)
-        self.exemplars[bisect_left(self.bounds, value)] = (trace_id, value, time.time())
+            self.exemplars = [None] * (len(self._bounds) + 1)
+        self.exemplars[bisect_left(self._bounds, value)] = (trace_id, value, time.time())
 
-    def emit(
-        self, metric: Metric, labels: Dict[str, str], quantiles: Sequence[float], now: float
-    ) -> None:
-        emit_histogram(metric, labels, self.bounds, self.counts, self.sum, self.count,
-                       self.exemplars)
+
+# ---------------------------------------------------------------------------------
+# Reading: from merged cells (see collect.py) to samples.
+
+
+def summary_quantiles(parts: Mapping[Tuple[int, ...], float], settings: Settings
+                      ) -> List[float]:
+    """The quantiles of a summary's merged window cells (``(WSUM, code)``, ``(WMIN,)``,
+    ``(WMAX,)``), clamped into the range of values observed in the window."""
+    sketch = QuantileSketch(settings.relative_accuracy)
+    wsum = int(Rule.WSUM)
+    for part, n in parts.items():
+        if part[0] == wsum and n > 0:
+            code = part[1]
+            sketch.add_bucket(code % 4 - 1, code // 4, int(n))
+    values = sketch.quantiles(settings.quantiles)
+    lo = parts.get((int(Rule.WMIN),), -math.inf)
+    hi = parts.get((int(Rule.WMAX),), math.inf)
+    if sketch.count and lo <= hi:
+        values = [min(max(q, lo), hi) for q in values]
+    return values
+
+
+def histogram_counts(parts: Mapping[Tuple[int, ...], float], n_bounds: int) -> List[float]:
+    """Per-bucket (not cumulative) counts of a histogram's merged cells."""
+    return [parts.get((_ALL, BUCKET, i), 0.0) for i in range(n_bounds + 1)]
 
 
 def emit_summary(
@@ -101,10 +166,10 @@ def emit_summary(
 def emit_histogram(
     metric: Metric, labels: Dict[str, str], bounds: Sequence[float],
     counts: Sequence[float], total: float, count: float,
-    exemplars: Optional[Sequence[Optional[Tuple[str, float, float]]]] = None,
+    exemplars: Optional[Sequence[Optional[ExemplarData]]] = None,
 ) -> None:
     """Add one histogram's samples from per-bucket (not cumulative) ``counts``, with each
-    bucket's exemplar (``(trace id, value, unix time)``, OpenMetrics only) if any."""
+    bucket's exemplar (OpenMetrics only) if any."""
     name = metric.name
     acc = 0.0
     for i, (bound, n) in enumerate(zip((*bounds, math.inf), counts)):
@@ -117,16 +182,18 @@ def emit_histogram(
     metric.add_sample(name + "_sum", labels, float(total))
 
 
-DurationSeries = Union[SummarySeries, HistogramSeries]
-
-
-def new_duration(settings: Settings, kind: str, now: float) -> DurationSeries:
-    """A fresh series of ``kind`` ("summary" or "histogram")."""
-    if kind == "histogram":
-        return HistogramSeries(settings, now)
-    return SummarySeries(settings, now)
-
-
-def duration_metric(name: str, documentation: str, kind: str) -> Metric:
-    """An empty family of ``kind`` to add samples to."""
-    return Metric(name, documentation, kind)
+def emit_duration(
+    metric: Metric, labels: Dict[str, str], parts: Mapping[Tuple[int, ...], float],
+    settings: Settings, exemplars: Optional[Sequence[Optional[ExemplarData]]] = None,
+) -> None:
+    """Add one duration series' samples, a summary or a histogram as ``metric`` is,
+    from its merged cells."""
+    total = parts.get((_ALL, SUM), 0.0)
+    count = parts.get((_ALL, COUNT), 0.0)
+    if metric.type == "histogram":
+        emit_histogram(metric, labels, settings.buckets,
+                       histogram_counts(parts, len(settings.buckets)), total, count,
+                       exemplars)
+    else:
+        emit_summary(metric, labels, settings.quantiles, summary_quantiles(parts, settings),
+                     total, count)

@@ -20,20 +20,20 @@ What is measured where:
   never ran (a broken pool), its time is measured from ``submit``.
 
 A future cancelled before it starts leaves no pending count and no finished count.
-A callable decorated with ``@m.task`` (same ``JobMetrics``) gives its type and is counted
-once: in a thread pool the executor measures it (calling the undecorated function); a
+A callable decorated with ``@m.task`` gives its type, and any ``@m.task`` function the
+call runs in a thread pool takes the run over, so one work item is counted once, by the
+innermost type (pending shows the submitted callable's type until the run starts). A
 decorated function cannot be pickled, so process pools do not see one.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures._base import PENDING, RUNNING
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Type
 
 import wrapt
 
@@ -43,7 +43,8 @@ else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
 
 from . import _errors
-from .tasks import SUCCESS, TaskRecorder, series_of, status_of
+from .state import SUCCESS, OuterRun, TaskState, outer_run
+from .tasks import state_of, status_of
 
 __all__ = ["ExecutorProxy", "instrument_executor", "task_type_of"]
 
@@ -53,9 +54,9 @@ _PLANS = 256
 def task_type_of(fn: Any) -> str:
     """The task type a submitted callable counts under: its ``@m.task`` type, else its
     name (``functools.partial`` is looked through), else its class name."""
-    series = series_of(fn)
-    if series is not None:
-        return series.type
+    state = state_of(fn)
+    if state is not None:
+        return state.type
     while isinstance(fn, functools.partial):
         fn = fn.func
     name = getattr(fn, "__name__", None)
@@ -67,21 +68,24 @@ class _LocalRun:
 
     __slots__ = ("call", "series", "started")
 
-    def __init__(self, series: TaskRecorder, call: Callable[..., Any]) -> None:
+    def __init__(self, series: TaskState, call: Callable[..., Any]) -> None:
         self.series = series
         self.call = call
         self.started = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        series = self.series
         self.started = True
-        start = series.begin_from_pending()
+        run = OuterRun(self.series)
+        token = outer_run.set(run)
+        start = self.series.begin_from_pending()
         try:
             result = self.call(*args, **kwargs)
         except BaseException as exc:
-            series.end(status_of(exc), start)
+            run.end(status_of(exc), start)
             raise
-        series.end(SUCCESS, start)
+        finally:
+            outer_run.reset(token)
+        run.end(SUCCESS, start)
         return result
 
     def done(self, future: Future[Any]) -> None:
@@ -97,7 +101,7 @@ class _RemoteRun:
 
     __slots__ = ("series", "start", "started", "submitted")
 
-    def __init__(self, series: TaskRecorder) -> None:
+    def __init__(self, series: TaskState) -> None:
         self.series = series
         self.submitted = perf_counter()
         self.started = False
@@ -154,49 +158,36 @@ class ExecutorProxy(_Proxy):
         self._self_metrics = metrics
         self._self_type = task_type
         self._self_local = isinstance(wrapped, ThreadPoolExecutor)
-        # fn -> (series, callable to run): most services submit a few functions many
-        # times. Bounded, so submitting fresh partials or lambdas cannot grow it.
-        self._self_plans: Dict[Any, Tuple[TaskRecorder, Any]] = {}
+        # fn -> its task state: most services submit a few functions many times.
+        # Bounded, so submitting fresh partials or lambdas cannot grow it.
+        self._self_plans: Dict[Any, TaskState] = {}
 
-    def _self_plan(self, fn: Any) -> Tuple[TaskRecorder, Any]:
+    def _self_plan(self, fn: Any) -> TaskState:
         try:
             return self._self_plans[fn]
         except (KeyError, TypeError):  # not seen yet, or unhashable
             pass
-        plan = self._self_make_plan(fn)
+        state: TaskState = self._self_metrics.task_series(
+            self._self_type or task_type_of(fn))
         plans = self._self_plans
         if len(plans) >= _PLANS:
             plans.clear()
         try:
-            plans[fn] = plan
+            plans[fn] = state
         except TypeError:
             pass
-        return plan
-
-    def _self_make_plan(self, fn: Any) -> Tuple[TaskRecorder, Any]:
-        metrics = self._self_metrics
-        task_type = self._self_type or task_type_of(fn)
-        series: TaskRecorder = metrics.task_series(task_type)
-        call = fn
-        decorated = series_of(fn)
-        if (decorated is not None and metrics.task_series(decorated.type) is decorated
-                and not inspect.iscoroutinefunction(fn)
-                and not inspect.isgeneratorfunction(fn)
-                and not inspect.isasyncgenfunction(fn)):
-            # Count once: run the undecorated function and measure it here.
-            call = fn.__wrapped__
-        return series, call
+        return state
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """``executor.submit``: the call is pending now, running when it starts."""
         try:
-            series, call = self._self_plan(fn)
+            series = self._self_plan(fn)
         except Exception as exc:
             _errors.report("executor submit", exc)
             return self.__wrapped__.submit(fn, *args, **kwargs)  # type: ignore[no-any-return]
         series.add_pending(1)
         if self._self_local:
-            run = _LocalRun(series, call)
+            run = _LocalRun(series, fn)
             try:
                 future: Future[Any] = self.__wrapped__.submit(run, *args, **kwargs)
             except BaseException:

@@ -1,64 +1,165 @@
-"""Names, types, labels and help texts of the families: one table for every collector."""
+"""The family table: every family's name, type, labels, help, and how it merges.
+
+One table for every part of jobmetrics: the state objects take their cells' keys and rules
+from it, the collector renders from it, the Pushgateway picks from it. ``merge`` says how a
+family's values from several processes make one answer:
+
+- ``Merge.ALL``: summed over every process that ever ran (counters);
+- ``Merge.LIVE``: summed over the processes alive now (gauges of work in progress);
+- ``Merge.DURATION``: ``_count``/``_sum``/buckets summed over all, quantiles from the
+  merged sketches of the window (summary) or buckets summed (histogram);
+- ``Merge.RATIO``: good and bad outcomes summed over the window, then divided;
+- ``Merge.DERIVED``: read from another family's cells (``task_total`` is the
+  ``_count`` of ``task_process_time_seconds``);
+- ``Merge.SINGLE``: one value for the whole service, not kept in cells (``info``, and
+  ``batch_last_success_timestamp_seconds``, which only a push carries).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from enum import Enum
+from typing import Dict, Tuple
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
+    Metric,
 )
 
-from .durations import duration_metric
+from .cells import Rule
 from .settings import Settings
 
-__all__ = ["FAMILIES", "family_names", "new_family"]
+__all__ = ["FAMILIES", "Family", "FamilyTable", "Merge"]
 
-#: key -> (name after the prefix, type, labels, help). Counters are named without
-#: ``_total`` and info without ``_info``: prometheus_client's exposition adds them.
-FAMILIES: Dict[str, Tuple[str, str, Tuple[str, ...], str]] = {
-    "inflight": ("http_inflight_requests", "gauge", (),
-                 "Number of HTTP requests being served now."),
-    "requests": ("http_request", "counter", ("method", "code", "operation"),
-                 "Total number of finished HTTP requests."),
-    "request_duration": ("http_request_duration_seconds", "http_duration", (),
-                         "HTTP request latency in seconds, from the first byte of the request "
-                         "to the last byte of the response."),
-    "tasks": ("task", "counter", ("type", "status"),
-              "Total number of finished tasks by type and status."),
-    "process_time": ("task_process_time_seconds", "task_duration", (),
-                     "Task run time in seconds by type and status."),
-    "success_rate": ("task_success_rate", "gauge", ("type",),
-                     "Share of tasks that succeeded, success / (success + fail), among those "
-                     "finished within the success-rate window; NaN when none finished in it."),
-    "running": ("running_task", "gauge", ("type",), "Number of tasks executing now."),
-    "pending": ("pending_task", "gauge", ("type",),
-                "Number of tasks accepted but not yet started."),
-    "queue_size": ("queue_size", "gauge", ("queue",),
-                   "Number of items in an instrumented queue."),
-    "info": ("", "info", (), "The node, worker pool and worker count serving."),
+
+class Merge(Enum):
+    """How one family's values merge across processes (see the module docstring)."""
+
+    ALL = "sum over all processes"
+    LIVE = "sum over live processes"
+    DURATION = "sum counts, merge sketches or buckets"
+    RATIO = "windowed ratio"
+    DERIVED = "derived from another family"
+    SINGLE = "single value"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the table."""
+
+    #: Name after the prefix. Counters are named without ``_total`` and info without
+    #: ``_info``: prometheus_client's exposition adds them.
+    suffix: str
+    #: ``counter``, ``gauge``, ``info``, or the setting that chooses a duration's kind
+    #: (``task_duration``, ``http_duration``).
+    type: str
+    labels: Tuple[str, ...]
+    doc: str
+    merge: Merge
+
+    @property
+    def rule(self) -> Rule:
+        """The rule of this family's plain cells."""
+        return Rule.LIVE if self.merge is Merge.LIVE else Rule.ALL
+
+
+FAMILIES: Dict[str, Family] = {
+    "inflight": Family("http_inflight_requests", "gauge", (),
+                       "Number of HTTP requests being served now.", Merge.LIVE),
+    "requests": Family("http_request", "counter", ("method", "code", "operation"),
+                       "Total number of finished HTTP requests.", Merge.ALL),
+    "request_duration": Family(
+        "http_request_duration_seconds", "http_duration", ("method", "operation"),
+        "HTTP request latency in seconds, from the first byte of the request to the last "
+        "byte of the response.", Merge.DURATION),
+    "tasks": Family("task", "counter", ("type", "status"),
+                    "Total number of finished tasks by type and status.", Merge.DERIVED),
+    "process_time": Family("task_process_time_seconds", "task_duration", ("type", "status"),
+                           "Task run time in seconds by type and status.", Merge.DURATION),
+    "success_rate": Family(
+        "task_success_rate", "gauge", ("type",),
+        "Share of tasks that succeeded, success / (success + fail), among those finished "
+        "within the success-rate window; NaN when none finished in it.", Merge.RATIO),
+    "running": Family("running_task", "gauge", ("type",), "Number of tasks executing now.",
+                      Merge.LIVE),
+    "pending": Family("pending_task", "gauge", ("type",),
+                      "Number of tasks accepted but not yet started.", Merge.LIVE),
+    "queue_size": Family("queue_size", "gauge", ("queue",),
+                         "Number of items in an instrumented queue.", Merge.LIVE),
+    "queue_wait": Family("queue_wait_seconds", "task_duration", ("queue",),
+                         "Time items waited in an instrumented queue, from put to get, in "
+                         "seconds.", Merge.DURATION),
+    "info": Family("", "info", ("node", "pool", "workers"),
+                   "The node, worker pool and worker count serving.", Merge.SINGLE),
+    "batch_success": Family("batch_last_success_timestamp_seconds", "gauge", (),
+                            "Unix time at which this batch job last ended in success.",
+                            Merge.SINGLE),
 }
 
-
-def family_names(prefix: str) -> Dict[str, str]:
-    """``key -> full family name`` for a prefix such as ``"harbor_jobservice_"``."""
-    return {key: (prefix + spec[0]) if spec[0] else prefix.rstrip("_")
-            for key, spec in FAMILIES.items()}
+#: Families a short-lived job pushes to a Pushgateway (see push.py).
+PUSHED = ("tasks", "process_time", "success_rate", "info", "batch_success")
 
 
-def new_family(key: str, names: Dict[str, str], settings: Settings) -> Any:
-    """An empty family, ready for ``add_metric`` (or ``add_sample`` for durations).
+class FamilyTable:
+    """The table for one prefix: full names, checked to be distinct as exposed."""
 
-    Typed ``Any``: it is a Counter/Gauge/InfoMetricFamily or a plain ``Metric``,
-    according to the table, and the callers know which by the key they pass.
-    """
-    _, kind, labels, doc = FAMILIES[key]
-    name = names[key]
-    if kind == "counter":
-        return CounterMetricFamily(name, doc, labels=labels)
-    if kind == "gauge":
-        return GaugeMetricFamily(name, doc, labels=labels)
-    if kind == "info":
-        return InfoMetricFamily(name, doc)
-    return duration_metric(name, doc, getattr(settings, kind))
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        prefix = settings.prefix
+        self.names: Dict[str, str] = {
+            key: (prefix + fam.suffix) if fam.suffix else prefix.rstrip("_")
+            for key, fam in FAMILIES.items()}
+        exposed: Dict[str, str] = {}
+        for key, name in self.names.items():
+            kind = FAMILIES[key].type
+            shown = name + ("_total" if kind == "counter" else "_info" if kind == "info" else "")
+            other = exposed.get(shown)
+            if other is not None:  # pragma: no cover - a table edit gone wrong
+                raise ValueError(f"families {other!r} and {key!r} are both named {shown!r}")
+            exposed[shown] = key
+        #: full name -> key, to recognise a cell's family.
+        self.keys: Dict[str, str] = {name: key for key, name in self.names.items()}
+
+    def kind(self, key: str) -> str:
+        """``counter``, ``gauge``, ``info``, ``summary`` or ``histogram``."""
+        kind = FAMILIES[key].type
+        return getattr(self.settings, kind) if kind.endswith("_duration") else kind
+
+    def new(self, key: str) -> Metric:
+        """An empty family of any kind (for ``describe``)."""
+        kind = self.kind(key)
+        if kind == "counter":
+            return self.counter(key)
+        if kind == "gauge":
+            return self.gauge(key)
+        if kind == "info":
+            return self.info(key)
+        return self.duration(key)
+
+    def counter(self, key: str) -> CounterMetricFamily:
+        """An empty counter family, ready for ``add_metric``."""
+        return CounterMetricFamily(self.names[key], FAMILIES[key].doc,
+                                   labels=FAMILIES[key].labels)
+
+    def gauge(self, key: str) -> GaugeMetricFamily:
+        """An empty gauge family, ready for ``add_metric``."""
+        return GaugeMetricFamily(self.names[key], FAMILIES[key].doc,
+                                 labels=FAMILIES[key].labels)
+
+    def info(self, key: str) -> InfoMetricFamily:
+        """An empty info family, ready for ``add_metric``."""
+        return InfoMetricFamily(self.names[key], FAMILIES[key].doc)
+
+    def duration(self, key: str) -> Metric:
+        """An empty summary or histogram family (as configured), ready for
+        ``add_sample``."""
+        return Metric(self.names[key], FAMILIES[key].doc, self.kind(key))
+
+    def window(self, key: str) -> float:
+        """The age-bucket width of a windowed family, in seconds."""
+        s = self.settings
+        if FAMILIES[key].merge is Merge.RATIO:
+            return s.success_rate_window / s.age_buckets
+        return s.max_age / s.age_buckets

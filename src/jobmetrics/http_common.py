@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Set, Tuple
+from typing import TYPE_CHECKING, FrozenSet, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from .core import JobMetrics
-    from .http_series import HttpSeries
+    from .state import HttpState
 
 __all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "UNKNOWN", "LabelPolicy"]
 
@@ -28,28 +29,27 @@ OVERFLOW = "overflow"
 class _Budget:
     """The label sets recorded into one ``http`` state, shared by all its middlewares."""
 
-    __slots__ = ("http", "lock", "max_series", "seen", "warned")
+    __slots__ = ("lock", "max_series", "seen", "warned")
 
-    def __init__(self, http: Any, max_series: int) -> None:
-        self.http = http  # held so that its id() stays unique while this budget lives
+    def __init__(self, max_series: int) -> None:
         self.lock = threading.Lock()
         self.max_series = max_series
         self.seen: Set[Tuple[str, str, str]] = set()
         self.warned = False
 
 
-# One budget per ``m.http`` (an HttpSeries or MPHttpSeries, whichever mode): two
-# middlewares recording into the same families (an ASGI app mounting a WSGI one, two apps
-# on one JobMetrics) share it, so the family, not each middleware, is bounded.
-_budgets: Dict[int, _Budget] = {}
+# One budget per ``m.http``: two middlewares recording into the same families (an ASGI
+# app mounting a WSGI one, two apps on one JobMetrics) share it, so the family, not each
+# middleware, is bounded. Keyed weakly: a dropped service takes its budget along.
+_budgets: weakref.WeakKeyDictionary[HttpState, _Budget] = weakref.WeakKeyDictionary()
 _budgets_lock = threading.Lock()
 
 
-def _budget_for(http: Any, max_series: int) -> _Budget:
+def _budget_for(http: HttpState, max_series: int) -> _Budget:
     with _budgets_lock:
-        budget = _budgets.get(id(http))
+        budget = _budgets.get(http)
         if budget is None:
-            budget = _budgets[id(http)] = _Budget(http, max_series)
+            budget = _budgets[http] = _Budget(max_series)
         else:  # the largest limit any middleware asked for
             budget.max_series = max(budget.max_series, max_series)
         return budget
@@ -85,7 +85,8 @@ class LabelPolicy:
         self.exclude: FrozenSet[str] = frozenset(
             q for p in exclude_paths for q in (p.rstrip("/") or "/", p.rstrip("/") + "/"))
         self.max_series = max_series
-        self._budget = _budget_for(metrics.http, max_series)
+        http = metrics.http
+        self._budget = _Budget(max_series) if http is None else _budget_for(http, max_series)
 
     def labels(self, method: str, code: str, operation: str) -> Tuple[str, str, str]:
         """The label values to record for one finished request."""
@@ -114,17 +115,14 @@ except ImportError:  # pragma: no cover - depends on the environment
     _otel_trace = None  # type: ignore[assignment]
 
 
-def exemplar_series(metrics: JobMetrics) -> Optional[HttpSeries]:
+def exemplar_series(metrics: JobMetrics) -> Optional[HttpState]:
     """``metrics.http`` when exemplars can be recorded: OpenTelemetry's API installed,
     histogram durations (OpenMetrics allows exemplars on buckets, not on summary
     quantiles) and the in-process mode; else ``None`` and the middleware skips the work."""
-    from .http_series import HttpSeries
-
-    http = metrics.http
     if (_otel_trace is None or metrics.settings.http_duration != "histogram"
-            or not isinstance(http, HttpSeries)):
+            or metrics.settings.multiprocess_dir):
         return None
-    return http
+    return metrics.http
 
 
 def current_trace_id() -> Optional[str]:

@@ -30,8 +30,10 @@ from prometheus_client import pushadd_to_gateway
 from prometheus_client.exposition import default_handler
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from .families import FAMILIES, PUSHED
+
 if TYPE_CHECKING:
-    from .core import JobMetrics
+    from .service import Service
 
 __all__ = ["PushOnExit"]
 
@@ -39,23 +41,16 @@ logger = logging.getLogger("jobmetrics")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Families (without the prefix) that make sense for a job that has ended.
-PUSHED = ("task", "task_process_time_seconds", "task_success_rate")
-
-
 class _PushView:
-    """A registry-like view: the pushed families of one JobMetrics, plus the extras."""
+    """A registry-like view: the pushed families of one service, plus the extras."""
 
-    def __init__(self, metrics: JobMetrics, extra: List[Metric]) -> None:
-        self._metrics = metrics
+    def __init__(self, service: Service, extra: List[Metric]) -> None:
+        self._service = service
         self._extra = extra
 
     def collect(self) -> Iterable[Metric]:
-        fams = self._metrics._families
-        if fams is None:
-            return []
-        keep = {self._metrics.prefix + name for name in PUSHED} | {fams.names["info"]}
-        return [m for m in fams.collect() if m.name in keep] + self._extra
+        keep = {self._service.table.names[key] for key in PUSHED}
+        return [m for m in self._service.collect() if m.name in keep] + self._extra
 
 
 class PushOnExit:
@@ -68,7 +63,7 @@ class PushOnExit:
 
     def __init__(
         self,
-        metrics: JobMetrics,
+        service: Optional[Service],
         gateway: str,
         job: str,
         grouping_key: Optional[Mapping[str, str]] = None,
@@ -83,7 +78,7 @@ class PushOnExit:
         for k, v in key.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError("grouping_key must map str to str")
-        self._metrics = metrics
+        self._service = service
         self.gateway = gateway
         self.job = job
         self.grouping_key: Dict[str, str] = key
@@ -93,21 +88,20 @@ class PushOnExit:
 
     def push(self, succeeded: bool) -> bool:
         """Push now; ``succeeded`` adds the last-success timestamp. True if pushed."""
-        if not self._metrics.enabled:
+        service = self._service
+        if service is None:  # metrics disabled
             return False
         extra: List[Metric] = []
         if succeeded:
-            g = GaugeMetricFamily(
-                self._metrics.prefix + "batch_last_success_timestamp_seconds",
-                "Unix time at which this batch job last ended in success.",
-            )
+            g = GaugeMetricFamily(service.table.names["batch_success"],
+                                  FAMILIES["batch_success"].doc)
             g.add_metric((), time.time())
             extra.append(g)
         try:
             pushadd_to_gateway(
                 self.gateway,
                 job=self.job,
-                registry=_PushView(self._metrics, extra),
+                registry=_PushView(service, extra),
                 grouping_key=self.grouping_key,
                 timeout=self._timeout,
                 handler=self._handler,

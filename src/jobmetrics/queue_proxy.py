@@ -30,12 +30,12 @@ else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
 
 from . import _errors
-from .tasks import TaskRecorder
+from .state import TaskState
 
 __all__ = ["AsyncQueueProxy", "ItemTracker", "QueueProxy", "instrument_queue"]
 
 TypeOf = Callable[[Any], str]
-Entry = Tuple[Optional[TaskRecorder], float]
+Entry = Tuple[Optional[TaskState], float]
 
 
 class ItemTracker:
@@ -49,7 +49,7 @@ class ItemTracker:
 
     def __init__(
         self,
-        series_of: Optional[Callable[[Any], Optional[TaskRecorder]]],
+        series_of: Optional[Callable[[Any], Optional[TaskState]]],
         observe: Callable[[float, float], None],
     ) -> None:
         self._lock = threading.Lock()
@@ -103,7 +103,7 @@ class ItemTracker:
         except Exception as exc:  # pragma: no cover - defensive
             _errors.report("queue put", exc)
 
-    def take(self, item: Any) -> Optional[TaskRecorder]:
+    def take(self, item: Any) -> Optional[TaskState]:
         """``item`` left the queue: record its wait; return its series (still pending)."""
         try:
             key = id(item)
@@ -218,7 +218,7 @@ class AsyncQueueProxy(_Proxy):
             tracker.got(item)
         return item
 
-    async def _jobmetrics_take(self) -> Tuple[Any, Optional[TaskRecorder]]:
+    async def _jobmetrics_take(self) -> Tuple[Any, Optional[TaskState]]:
         # For the worker pool: the item and its series, still counted pending, so the
         # worker can turn pending into running in one step.
         item = await self.__wrapped__.get()
@@ -272,7 +272,7 @@ def instrument_queue(
     tracker: Optional[ItemTracker] = None
     if not is_mp:
         tracker = ItemTracker(_series_lookup(metrics, type_of),
-                              metrics._families.queue_waits.observer(name))
+                              metrics.queue_waits.observer(name))
     if is_async:
         return AsyncQueueProxy(q, tracker)
     return QueueProxy(q, tracker)
@@ -280,12 +280,12 @@ def instrument_queue(
 
 def _series_lookup(
     metrics: Any, type_of: Optional[TypeOf]
-) -> Optional[Callable[[Any], Optional[TaskRecorder]]]:
+) -> Optional[Callable[[Any], Optional[TaskState]]]:
     if type_of is None:
         return None
-    cache: Dict[str, TaskRecorder] = {}
+    cache: Dict[str, TaskState] = {}
 
-    def series_of(item: Any) -> Optional[TaskRecorder]:
+    def series_of(item: Any) -> Optional[TaskState]:
         task_type = type_of(item)
         series = cache.get(task_type)
         if series is None:

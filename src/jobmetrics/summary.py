@@ -8,6 +8,7 @@ relative-error guarantee (see :mod:`jobmetrics.sketch`), at about the cost of a
 
 from __future__ import annotations
 
+import numbers
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import _errors
-from .durations import SummarySeries
+from .cells import MemoryStore
+from .collect import merge
+from .durations import Duration, emit_duration
 from .settings import DEFAULT_QUANTILES, Settings, check_name_part
 
 __all__ = ["QuantileSummary"]
@@ -28,18 +31,30 @@ _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-class _Child:
-    __slots__ = ("_lock", "_series")
+def _as_float(amount: object) -> float:
+    # Checked here, not at scrape time: one complex number or array accepted now would
+    # fail every later scrape. numpy's scalars register as numbers.Real.
+    if not isinstance(amount, numbers.Real):
+        raise TypeError(f"observe() takes a real number, got {type(amount).__name__}")
+    return float(amount)
 
-    def __init__(self, settings: Settings) -> None:
-        self._lock = threading.Lock()
-        self._series = SummarySeries(settings, perf_counter())
+
+class _Child:
+    __slots__ = ("_series", "_store")
+
+    def __init__(self, store: MemoryStore, name: str, labels: Tuple[str, ...],
+                 settings: Settings) -> None:
+        self._store = store
+        with store.lock:
+            self._series = Duration(store, name, labels, settings, "summary")
 
     def observe(self, amount: float) -> None:
-        """Record one observation."""
+        """Record one observation (a real number: ``TypeError`` for anything else)."""
+        if type(amount) is not float:
+            amount = _as_float(amount)
         now = perf_counter()
         try:
-            with self._lock:
+            with self._store.lock:
                 self._series.observe(amount, now)
         except Exception as exc:
             _errors.report("QuantileSummary.observe", exc)
@@ -95,6 +110,7 @@ class QuantileSummary(Collector):
         self.documentation = documentation
         self.labelnames = names
         self._lock = threading.Lock()
+        self._store = MemoryStore()
         self._children: Dict[Tuple[str, ...], _Child] = {}
         self._unlabelled = None if names else self._child(())
         if registry is not None:
@@ -106,7 +122,8 @@ class QuantileSummary(Collector):
             with self._lock:
                 child = self._children.get(key)
                 if child is None:
-                    child = self._children[key] = _Child(self._settings)
+                    child = self._children[key] = _Child(self._store, self.name, key,
+                                                         self._settings)
         return child
 
     def labels(self, *values: object, **kwvalues: object) -> _Child:
@@ -134,9 +151,14 @@ class QuantileSummary(Collector):
 
     def collect(self) -> List[Metric]:
         metric = Metric(self.name, self.documentation, "summary")
-        now = perf_counter()
-        qs = self._settings.quantiles
-        for key, child in list(self._children.items()):
-            with child._lock:
-                child._series.emit(metric, dict(zip(self.labelnames, key)), qs, now)
+        settings = self._settings
+        merged = merge(self._store.snapshots(), {self.name},
+                       {self.name: settings.max_age / settings.age_buckets},
+                       settings.age_buckets, perf_counter())
+        by: Dict[Tuple[str, ...], Dict[Tuple[int, ...], float]] = {}
+        for (_, labels, part), v in merged.items():
+            by.setdefault(labels, {})[part] = v
+        for labels in list(self._children):
+            emit_duration(metric, dict(zip(self.labelnames, labels)), by.get(labels, {}),
+                          settings)
         return [metric]

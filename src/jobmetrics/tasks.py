@@ -1,30 +1,28 @@
 """Task instrumentation: the ``@task`` decorator and the ``track_task`` context manager.
 
-Every task type has one :class:`TaskSeries` holding its running and pending counts,
-finished counts and durations per status, and its success-rate window, behind a single
-lock: a finished call costs one lock round trip however many families it updates.
+Both record into a :class:`~jobmetrics.state.TaskState`: one lock round trip to start a
+task and one to finish it, however many families that updates.
 """
 
 from __future__ import annotations
 
 import inspect
-import threading
-from time import perf_counter
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type
 
 import wrapt
 
-from . import _errors
-from .durations import DurationSeries, new_duration
-from .settings import Settings
-from .window import SlidingRatio
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper[..., Any]
+else:  # wrapt < 2 has no generic wrappers at runtime
+    _FunctionWrapper = wrapt.FunctionWrapper
+    _BoundFunctionWrapper = wrapt.BoundFunctionWrapper
 
-__all__ = ["STATUSES", "Stopped", "TaskHandle", "TaskRecorder", "TaskSeries"]
+from .state import FAIL, STATUSES, STOP, SUCCESS, TaskState, outer_run
 
-SUCCESS, FAIL, STOP = 0, 1, 2
-#: Values of the ``status`` label, indexed by the constants above.
-STATUSES: Tuple[str, str, str] = ("success", "fail", "stop")
+__all__ = ["STATUSES", "BoundTaskFunction", "Stopped", "TaskFunction", "TaskHandle",
+           "instrument", "state_of", "status_of"]
 
 
 class Stopped(Exception):
@@ -45,93 +43,6 @@ def status_of(exc: BaseException) -> int:
     return STOP
 
 
-class TaskRecorder(Protocol):
-    """What instrumentation needs of a task type's state (in-process or multi-process)."""
-
-    type: str
-
-    def begin(self) -> float:
-        """Mark one task running; return its start time (``perf_counter``)."""
-
-    def end(self, status: int, start: float) -> None:
-        """Mark the task that began at ``start`` finished with ``status``."""
-
-    def add_pending(self, n: int) -> None:
-        """Change the pending count by ``n``."""
-
-    def begin_from_pending(self) -> float:
-        """A pending task starts: pending -1, running +1."""
-
-
-class TaskSeries:
-    """All state of one task type. Thread-safe; used by every instrumentation."""
-
-    __slots__ = ("_lock", "_settings", "counts", "durations", "pending", "ratio", "running",
-                 "type")
-
-    def __init__(self, task_type: str, settings: Settings) -> None:
-        now = perf_counter()
-        self.type = task_type
-        self._settings = settings
-        self._lock = threading.Lock()
-        self.running = 0
-        self.pending = 0
-        self.counts: List[int] = [0, 0, 0]
-        self.durations: List[DurationSeries] = [
-            new_duration(settings, settings.task_duration, now) for _ in STATUSES
-        ]
-        self.ratio = SlidingRatio(settings.success_rate_window, settings.age_buckets, now)
-
-    def begin(self) -> float:
-        """Mark one task running; return its start time (``perf_counter``)."""
-        try:
-            with self._lock:
-                self.running += 1
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task begin", exc)
-        return perf_counter()
-
-    def end(self, status: int, start: float) -> None:
-        """Mark the task that began at ``start`` finished with ``status``."""
-        now = perf_counter()
-        try:
-            with self._lock:
-                self.running -= 1
-                self.counts[status] += 1
-                self.durations[status].observe(now - start, now)
-                if status != STOP:
-                    self.ratio.add(status == SUCCESS, now)
-        except Exception as exc:
-            _errors.report("task end", exc)
-
-    def add_pending(self, n: int) -> None:
-        """Change the pending count by ``n`` (accepted but not started)."""
-        try:
-            with self._lock:
-                self.pending += n
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task pending", exc)
-
-    def begin_from_pending(self) -> float:
-        """A pending task starts: pending -1, running +1 in one step."""
-        try:
-            with self._lock:
-                self.pending -= 1
-                self.running += 1
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task begin", exc)
-        return perf_counter()
-
-    def snapshot(self, now: float) -> Tuple[int, int, List[int], float]:
-        """``(running, pending, counts, success_rate)`` read under the lock."""
-        with self._lock:
-            return self.running, self.pending, list(self.counts), self.ratio.ratio(now)
-
-    def lock(self) -> threading.Lock:
-        """The lock to hold while reading :attr:`durations`."""
-        return self._lock
-
-
 class TaskHandle:
     """What ``track_task`` returns: a ``with``/``async with`` block timing one task.
 
@@ -141,7 +52,7 @@ class TaskHandle:
 
     __slots__ = ("_series", "_start", "_stopped")
 
-    def __init__(self, series: Optional[TaskRecorder]) -> None:
+    def __init__(self, series: Optional[TaskState]) -> None:
         self._series = series
         self._start = 0.0
         self._stopped = False
@@ -156,6 +67,7 @@ class TaskHandle:
         self._stopped = True
 
     def __enter__(self) -> TaskHandle:
+        self._stopped = False
         if self._series is not None:
             self._start = self._series.begin()
         return self
@@ -191,15 +103,21 @@ class TaskHandle:
 
 # ---------------------------------------------------------------------------
 # The decorator. One wrapper per kind of callable, each a closure over the bound
-# series methods so a call does no lookups.
+# state methods so a call does no lookups. A call inside an outer layer's run (a worker
+# pool, an executor) takes that run over: one unit of work, counted once, by its
+# innermost type.
 
 Wrapper = Callable[[Any, Any, Tuple[Any, ...], Dict[str, Any]], Any]
+_outer = outer_run.get
 
 
-def _sync_wrapper(series: TaskRecorder) -> Wrapper:
-    begin, end = series.begin, series.end
+def _sync_wrapper(state: TaskState) -> Wrapper:
+    begin, end = state.begin, state.end
 
     def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        outer = _outer()
+        if outer is not None:
+            outer.claim()
         start = begin()
         try:
             result = wrapped(*args, **kwargs)
@@ -212,53 +130,60 @@ def _sync_wrapper(series: TaskRecorder) -> Wrapper:
     return wrapper
 
 
-def _calling(run: Callable[[Any, Tuple[Any, ...], Dict[str, Any]], Any]) -> Wrapper:
-    # For the kinds whose bookkeeping lives in a coroutine or generator of its own:
-    # the call only creates it; the task starts when it is first resumed.
+def _async_wrapper(state: TaskState) -> Wrapper:
+    begin, end = state.begin, state.end
+
+    async def run(coro: Any) -> Any:
+        outer = _outer()
+        if outer is not None:
+            outer.claim()
+        start = begin()
+        try:
+            result = await coro
+        except BaseException as exc:
+            end(status_of(exc), start)
+            raise
+        end(SUCCESS, start)
+        return result
+
+    # The call makes the coroutine at once, so wrong arguments raise at the call, as
+    # without the decorator; the task starts when it is first awaited.
     def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        return run(wrapped, args, kwargs)
+        return run(wrapped(*args, **kwargs))
 
     return wrapper
 
 
-def _async_wrapper(series: TaskRecorder) -> Wrapper:
-    begin, end = series.begin, series.end
-
-    async def run(wrapped: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        start = begin()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            end(status_of(exc), start)
-            raise
-        end(SUCCESS, start)
-        return result
-
-    return _calling(run)
-
-
-def _generator_wrapper(series: TaskRecorder) -> Wrapper:
-    begin, end = series.begin, series.end
+def _generator_wrapper(state: TaskState) -> Wrapper:
+    begin, end = state.begin, state.end
 
     # The task runs from the first next() to exhaustion; closing early is a stop.
-    def run(wrapped: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def run(gen: Any) -> Any:
+        outer = _outer()
+        if outer is not None:
+            outer.claim()
         start = begin()
         try:
-            result = yield from wrapped(*args, **kwargs)
+            result = yield from gen
         except BaseException as exc:
             end(status_of(exc), start)
             raise
         end(SUCCESS, start)
         return result
 
-    return _calling(run)
+    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        return run(wrapped(*args, **kwargs))
+
+    return wrapper
 
 
-def _async_generator_wrapper(series: TaskRecorder) -> Wrapper:
-    begin, end = series.begin, series.end
+def _async_generator_wrapper(state: TaskState) -> Wrapper:
+    begin, end = state.begin, state.end
 
-    async def run(wrapped: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        inner = wrapped(*args, **kwargs)
+    async def run(inner: Any) -> Any:
+        outer = _outer()
+        if outer is not None:
+            outer.claim()
         start = begin()
         try:
             # ``yield from`` does not exist for async generators: forward asend,
@@ -284,7 +209,10 @@ def _async_generator_wrapper(series: TaskRecorder) -> Wrapper:
             raise
         end(SUCCESS, start)
 
-    return _calling(run)
+    def wrapper(wrapped: Any, instance: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        return run(wrapped(*args, **kwargs))
+
+    return wrapper
 
 
 def underlying_function(func: Any) -> Any:
@@ -293,26 +221,49 @@ def underlying_function(func: Any) -> Any:
         else func
 
 
-def instrument(func: Any, series: TaskRecorder) -> Any:
-    """Wrap ``func`` so every call is a task of ``series``; kind-preserving (wrapt)."""
-    plain = underlying_function(func)
-    if inspect.isasyncgenfunction(plain):
-        make = _async_generator_wrapper
-    elif inspect.iscoroutinefunction(plain):
-        make = _async_wrapper
-    elif inspect.isgeneratorfunction(plain):
-        make = _generator_wrapper
-    else:
-        make = _sync_wrapper
-    wrapper = wrapt.FunctionWrapper(func, make(series))
-    # Lets executors and worker pools find the type and avoid counting a call twice.
-    wrapper._self_jobmetrics_series = series  # type: ignore[attr-defined]
-    return wrapper
+class BoundTaskFunction(_BoundFunctionWrapper):
+    """A :class:`TaskFunction` bound to an instance or class (a method call)."""
+
+    @property
+    def jobmetrics_state(self) -> TaskState:
+        """The task type's state this method records into."""
+        state: TaskState = self._self_parent.jobmetrics_state
+        return state
 
 
-def series_of(func: Any) -> Optional[TaskRecorder]:
-    """The task series of a callable decorated by ``@m.task``, else ``None``."""
-    series = getattr(func, "_self_jobmetrics_series", None)
-    if series is None:  # a bound method of a decorated one (wrapt keeps its parent)
-        series = getattr(getattr(func, "_self_parent", None), "_self_jobmetrics_series", None)
-    return series if hasattr(series, "begin_from_pending") else None
+class TaskFunction(_FunctionWrapper):
+    """A function decorated with ``@m.task``: every call is a task of
+    :attr:`jobmetrics_state` (kind-preserving, as wrapt's wrappers are)."""
+
+    __bound_function_wrapper__ = BoundTaskFunction
+
+    def __init__(self, wrapped: Any, state: TaskState) -> None:
+        plain = underlying_function(wrapped)
+        if inspect.isasyncgenfunction(plain):
+            make = _async_generator_wrapper
+        elif inspect.iscoroutinefunction(plain):
+            make = _async_wrapper
+        elif inspect.isgeneratorfunction(plain):
+            make = _generator_wrapper
+        else:
+            make = _sync_wrapper
+        super().__init__(wrapped, make(state))
+        self._self_state = state
+
+    @property
+    def jobmetrics_state(self) -> TaskState:
+        """The task type's state this function records into."""
+        return self._self_state
+
+
+def instrument(func: Any, state: TaskState) -> Any:
+    """Wrap ``func`` so every call is a task of ``state``."""
+    return TaskFunction(func, state)
+
+
+def state_of(func: Any) -> Optional[TaskState]:
+    """The state of a callable decorated by ``@m.task`` (or a bound method of one)."""
+    if isinstance(func, (TaskFunction, BoundTaskFunction)):
+        state: TaskState = func.jobmetrics_state
+        return state
+    return None

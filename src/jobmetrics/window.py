@@ -1,107 +1,107 @@
-"""Sliding time windows made of age buckets, as the Go client's summaries use.
+"""Sliding windows kept in cells: counts per age bucket, buckets aligned to the clock.
 
-A window of ``max_age`` seconds is a ring of ``age_buckets`` slots, each covering
-``max_age / age_buckets`` seconds. New values go to the newest slot; when its time is
-up the ring advances and the oldest slot is emptied. A read combines every slot, so it
-sees between ``max_age * (age_buckets - 1) / age_buckets`` and ``max_age`` seconds of
-history. Writing touches one slot (O(1)); rotation costs one comparison per write.
+A window of ``n`` age buckets of ``width`` seconds holds, in the bucket of epoch
+``e = floor(now / width)`` (slot ``e % n``), what was recorded during that epoch. At a
+scrape at time ``now``, the buckets with ``floor(now / width) - n < e <= floor(now / width)``
+are inside the window. The clock is ``time.perf_counter()``, the system's monotonic clock
+on Linux and macOS: every process of a host reads the same value, so the buckets of
+several processes line up and merge bucket by bucket, and a wall-clock step (NTP, a VM
+resumed) moves nothing.
 
-Times are ``time.perf_counter()`` readings passed in by the caller, who also serialises
-access: these objects hold no lock of their own.
+Each bucket has an :attr:`~jobmetrics.cells.Rule.EPOCH` cell. The writer reusing a slot for
+a new epoch first empties the slot's cells, then writes the new epoch, so a reader never
+takes an old bucket's counts for the new epoch's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import Dict, List, Tuple
 
-from .sketch import QuantileSketch
+from .cells import Rule, Store
 
-__all__ = ["SlidingRatio", "SlidingSketch"]
-
-
-class _Ring:
-    __slots__ = ("_head", "_next", "_size", "_width")
-
-    def __init__(self, max_age: float, age_buckets: int, now: float) -> None:
-        self._size = age_buckets
-        self._width = max_age / age_buckets
-        self._head = 0
-        self._next = now + self._width
-
-    def _advance(self, now: float) -> None:
-        # Empty every slot whose time has passed, oldest first, at most the whole ring.
-        steps = min(self._size, int((now - self._next) // self._width) + 1)
-        for _ in range(steps):
-            self._head = (self._head + 1) % self._size
-            self._reset(self._head)
-        self._next += self._width * (int((now - self._next) // self._width) + 1)
-
-    def _reset(self, slot: int) -> None:
-        raise NotImplementedError
+__all__ = ["Window", "in_window"]
 
 
-class SlidingSketch(_Ring):
-    """A :class:`QuantileSketch` over a sliding window."""
-
-    __slots__ = ("_slots",)
-
-    def __init__(
-        self, max_age: float, age_buckets: int, relative_accuracy: float, now: float
-    ) -> None:
-        super().__init__(max_age, age_buckets, now)
-        self._slots = [QuantileSketch(relative_accuracy) for _ in range(age_buckets)]
-
-    def _reset(self, slot: int) -> None:
-        self._slots[slot].clear()
-
-    def add(self, value: float, now: float) -> None:
-        """Count ``value`` observed at time ``now``."""
-        if now >= self._next:
-            self._advance(now)
-        self._slots[self._head].add(value)
-
-    def merged(self, now: float) -> QuantileSketch:
-        """One sketch of every value still inside the window at ``now``."""
-        if now >= self._next:
-            self._advance(now)
-        out = self._slots[0].copy()
-        for s in self._slots[1:]:
-            out.merge(s)
-        return out
-
-    def quantiles(self, qs: Sequence[float], now: float) -> List[float]:
-        """Quantile estimates over the window (NaN when it is empty)."""
-        return self.merged(now).quantiles(qs)
+def in_window(epoch: float, now: float, width: float, n: int) -> bool:
+    """Whether the bucket of ``epoch`` is inside the window at time ``now``."""
+    current = now // width
+    return current - n < epoch <= current
 
 
-class SlidingRatio(_Ring):
-    """Counts of good and bad outcomes over a sliding window, and their ratio."""
+class Window:
+    """One window's cells: ``(WSUM, slot, cell)`` counts and, with ``extremes``, the
+    smallest and largest value recorded per bucket. The caller holds ``store.lock``."""
 
-    __slots__ = ("_bad", "_good")
+    __slots__ = ("_cells", "_cur", "_epoch", "_epochs", "_extremes", "_family", "_labels",
+                 "_max", "_min", "_minmax", "_slot", "_store", "n", "width")
 
-    def __init__(self, max_age: float, age_buckets: int, now: float) -> None:
-        super().__init__(max_age, age_buckets, now)
-        self._good = [0] * age_buckets
-        self._bad = [0] * age_buckets
+    def __init__(self, store: Store, family: str, labels: Tuple[str, ...], width: float,
+                 n: int, extremes: bool = False) -> None:
+        self._store = store
+        self._family = family
+        self._labels = labels
+        self.width = width
+        self.n = n
+        self._extremes = extremes
+        self.bind()
 
-    def _reset(self, slot: int) -> None:
-        self._good[slot] = 0
-        self._bad[slot] = 0
+    def bind(self) -> None:
+        """Take this window's cells in the store (again, after a fork gave it a new file)."""
+        fam, labels, store = self._family, self._labels, self._store
+        self._epochs = [store.cell((fam, labels, (Rule.EPOCH, s)), math.nan)
+                        for s in range(self.n)]
+        self._minmax: List[Tuple[int, int]] = [
+            (store.cell((fam, labels, (Rule.WMIN, s)), math.inf),
+             store.cell((fam, labels, (Rule.WMAX, s)), -math.inf))
+            for s in range(self.n)] if self._extremes else []
+        self._cells: List[Dict[int, int]] = [{} for _ in range(self.n)]
+        self._epoch = math.nan
+        self._slot = 0
+        self._cur = self._cells[0]  # the current slot's cells
+        self._min = self._max = 0
 
-    def add(self, good: bool, now: float) -> None:
-        """Count one outcome at time ``now``."""
-        if now >= self._next:
-            self._advance(now)
-        if good:
-            self._good[self._head] += 1
-        else:
-            self._bad[self._head] += 1
+    def _rotate(self, epoch: float) -> None:
+        slot = int(epoch % self.n)
+        v = self._store.values
+        mm = self._minmax[slot] if self._extremes else None
+        if v[self._epochs[slot]] != epoch:
+            for h in self._cells[slot].values():
+                v[h] = 0.0
+            if mm is not None:
+                v[mm[0]] = math.inf
+                v[mm[1]] = -math.inf
+            v[self._epochs[slot]] = epoch
+        self._epoch = epoch
+        self._slot = slot
+        self._cur = self._cells[slot]
+        if mm is not None:
+            self._min, self._max = mm
 
-    def ratio(self, now: float) -> float:
-        """``good / (good + bad)`` over the window; NaN when the window holds nothing."""
-        if now >= self._next:
-            self._advance(now)
-        good = sum(self._good)
-        total = good + sum(self._bad)
-        return good / total if total else math.nan
+    def _new(self, cell: int) -> int:
+        h = self._cur[cell] = self._store.cell(
+            (self._family, self._labels, (Rule.WSUM, self._slot, cell)))
+        return h
+
+    def add(self, cell: int, now: float) -> None:
+        """Count one in ``cell`` in the bucket of time ``now``."""
+        if now // self.width != self._epoch:
+            self._rotate(now // self.width)
+        h = self._cur.get(cell)
+        if h is None:
+            h = self._new(cell)
+        self._store.values[h] += 1.0
+
+    def add_value(self, cell: int, value: float, now: float) -> None:
+        """:meth:`add`, keeping ``value`` as the bucket's min/max (``extremes`` only)."""
+        if now // self.width != self._epoch:
+            self._rotate(now // self.width)
+        h = self._cur.get(cell)
+        if h is None:
+            h = self._new(cell)
+        v = self._store.values
+        v[h] += 1.0
+        if value < v[self._min]:
+            v[self._min] = value
+        if value > v[self._max]:
+            v[self._max] = value

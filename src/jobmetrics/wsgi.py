@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import _errors
 from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
-from .http_series import HttpRecorder
+from .state import HttpState
 
 __all__ = ["WSGIMiddleware", "flask_operation"]
 
@@ -97,7 +97,7 @@ class WSGIMiddleware:
             raise TypeError("operation must be a callable taking the environ")
         self._operation = operation
         self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
-        self._http: Optional[HttpRecorder] = self.metrics.http
+        self._http: Optional[HttpState] = self.metrics.http
         # Set only when exemplars can be recorded (see docs/http.md); else no cost.
         self._exemplars = exemplar_series(self.metrics)
 
