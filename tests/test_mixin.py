@@ -149,7 +149,7 @@ def test_dashboard_model(mixin_dir: Path) -> None:
         cells = set()
         for p in board["panels"]:
             pos = p["gridPos"]
-            assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24
+            assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24
             for x in range(pos["x"], pos["x"] + pos["w"]):
                 for y in range(pos["y"], pos["y"] + pos["h"]):
                     assert (x, y) not in cells, f"{name}: {p['title']} overlaps"
@@ -161,7 +161,7 @@ def test_dashboard_model(mixin_dir: Path) -> None:
     assert len(uids) == 3
 
 
-def _token(name: str) -> "re.Pattern[str]":
+def _token(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9_:]){re.escape(name)}(?![A-Za-z0-9_])")
 
 
