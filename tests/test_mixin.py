@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -456,6 +458,74 @@ def _serve_demo(metrics: JobMetrics) -> Tuple[Demo, Any, int]:
     return demo, server, port
 
 
+# -- a native histogram target --------------------------------------------------------
+# No endpoint of the library emits native histograms yet (SPEC: `task_duration="native"`),
+# so this target serves one in the Prometheus protobuf exposition, which is how
+# Prometheus ingests them: every observation is 1.5 s, in bucket 1 of schema 0, (1, 2].
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire) + payload
+
+
+def _bytes(number: int, data: bytes) -> bytes:
+    return _field(number, 2, _varint(len(data)) + data)
+
+
+def _double(number: int, value: float) -> bytes:
+    return _field(number, 1, struct.pack("<d", value))
+
+
+def _uint(number: int, value: int) -> bytes:
+    return _field(number, 0, _varint(value))
+
+
+def _sint(number: int, value: int) -> bytes:
+    return _field(number, 0, _varint((value << 1) ^ (value >> 63)))
+
+
+def native_family(name: str, labels: Dict[str, str], count: int) -> bytes:
+    """One length-delimited MetricFamily holding a native histogram of ``count`` 1.5 s
+    observations (io.prometheus.client's metrics.proto field numbers)."""
+    histogram = (_uint(1, count) + _double(2, 1.5 * count) + _sint(5, 0)
+                 + _double(6, 1e-128) + _uint(7, 0)
+                 + _bytes(12, _sint(1, 1) + _uint(2, 1))  # span: offset 1, length 1
+                 + _sint(13, count))  # the one bucket's count (deltas from 0)
+    metric = b"".join(_bytes(1, _bytes(1, k.encode()) + _bytes(2, v.encode()))
+                      for k, v in labels.items()) + _bytes(7, histogram)
+    family = (_bytes(1, name.encode()) + _bytes(2, b"Task run time.") + _uint(3, 4)
+              + _bytes(4, metric))
+    return _varint(len(family)) + family
+
+
+class _NativeHandler(BaseHTTPRequestHandler):
+    scrapes = 0
+
+    def do_GET(self) -> None:
+        _NativeHandler.scrapes += 1
+        body = native_family("harbor_jobservice_task_process_time_seconds",
+                             {"type": "gc", "status": "success"},
+                             10 * _NativeHandler.scrapes)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.google.protobuf; "
+                         "proto=io.prometheus.client.MetricFamily; encoding=delimited")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = shutil.which("prometheus") or PROMETHEUS
@@ -493,6 +563,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stops += [demo.stop_event.set, server.shutdown]
             targets[job] = port
 
+        native = ThreadingHTTPServer(("127.0.0.1", 0), _NativeHandler)
+        threading.Thread(target=native.serve_forever, daemon=True).start()
+        stops.append(native.shutdown)
+        targets["jobs-native"] = native.server_port
+
         gateway_cm = pushgateway(tmp)
         gateway = gateway_cm.__enter__()
         stops.append(lambda: gateway_cm.__exit__(None, None, None))
@@ -527,7 +602,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         deadline = time.monotonic() + 30
         while True:
             got = s.query("min(count_over_time(up[1m])) >= 6 and min(up) == 1 "
-                          "and count(up) == 4")
+                          "and count(up) == 5")
             if got or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -602,12 +677,12 @@ def test_every_query_runs_on_real_prometheus(stack: Stack) -> None:
 
 def test_both_duration_kinds_answer(stack: Stack) -> None:
     # The same quantile query finds the summaries' services (the demo, the pushed batch
-    # job) and the classic histogram's.
+    # job), the classic histogram's and the native histogram's.
     expr = next(e for r, e, lab in rules(stack.config)
                 if r == "job_type_quantile:harbor_jobservice_task_process_time_seconds:quantile5m"
                 and lab == {"quantile": "0.99"})
     jobs = {r["metric"]["job"] for r in stack.query(expr)}
-    assert jobs == {"jobs-summary", "jobs-histogram", "nightly-gc"}
+    assert jobs == {"jobs-summary", "jobs-histogram", "jobs-native", "nightly-gc"}
     # And the recorded series exist, with their quantile label.
     deadline = time.monotonic() + 20
     while True:
@@ -636,3 +711,20 @@ def test_every_exposed_family_is_in_a_dashboard(stack: Stack) -> None:
     names = set(Names.of(config).all().values())
     assert names - ours == {"harbor_jobservice_task_retries_total",
                             "harbor_task_finished_total"}
+
+
+def test_native_histogram_branch(stack: Stack) -> None:
+    # Every observation of the native target is 1.5 s, in the bucket (1, 2].
+    config = stack.config
+    by_record = {(r, lab.get("quantile")): e for r, e, lab in rules(config)}
+    duration = "harbor_jobservice_task_process_time_seconds"
+    mean = stack.query(by_record[(f"job_type:{duration}:mean5m", None)])
+    got = {r["metric"]["job"]: float(r["value"][1]) for r in mean}
+    assert got["jobs-native"] == pytest.approx(1.5)
+    p99 = stack.query(by_record[(f"job_type_quantile:{duration}:quantile5m", "0.99")])
+    got = {r["metric"]["job"]: float(r["value"][1]) for r in p99}
+    assert 1 < got["jobs-native"] <= 2
+    # The native series carry no quantile label and no _bucket/_count siblings: only the
+    # native branch of the query can have found them.
+    assert stack.query(f'{duration}_count{{job="jobs-native"}}') == []
+    assert stack.query(f'{duration}{{job="jobs-native", quantile=""}}') != []
