@@ -174,6 +174,22 @@ def test_every_family_appears_in_a_dashboard(mixin_dir: Path) -> None:
     assert "process_" in exprs and "python_" in exprs
 
 
+def test_harbor_view_uses_only_harbor_names(mixin_dir: Path) -> None:
+    board = _dashboards(mixin_dir)["jobmetrics-harbor.json"]
+    text = "\n".join([e for _, e in _panel_targets(board)]
+                     + [d for _, d in _variable_queries(board)])
+    used = {field for field, name in Names.of(MixinConfig()).all().items()
+            if re.search(rf"(?<![A-Za-z0-9_:]){name}(_bucket|_sum|_count)?(?![A-Za-z0-9_])",
+                         text)}
+    # What Harbor's jobservice (task_total, task_process_time_seconds, info) and exporter
+    # (queue_size, queue_latency, concurrency, scheduled_total) emit, plus jobmetrics'
+    # name for the scheduled gauge as a fallback.
+    assert used == {"tasks", "task_duration", "info", "exp_queue_size", "exp_queue_latency",
+                    "exp_concurrency", "exp_scheduled_total", "exp_scheduled"}
+    # Harbor's summary is read through its quantile series.
+    assert 'harbor_jobservice_task_process_time_seconds{quantile="0.99"' in text
+
+
 def test_prefix_change_moves_every_name(tmp_path: Path) -> None:
     config = MixinConfig(namespace="acme", subsystem="worker", exporter_namespace="acmeq")
     files = generate(config)
