@@ -241,6 +241,14 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["mixin", "--out", str(blocker / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write to" in err
+    for argv, needle in [([], "the following arguments are required: --out"),
+                         (["--out", str(out), "--fail-ratio", "half"],
+                          "argument --fail-ratio: invalid float value: 'half'")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["mixin", *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err == f"jobmetrics mixin: error: {needle}\n"
 
 
 def test_libsonnet_imports_the_files(mixin_dir: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import MixinConfig
 
@@ -18,6 +18,7 @@ def add_parser(sub: Any) -> None:
         "mixin", help="write Prometheus alerts, recording rules and Grafana dashboards",
         description="Write alerts.yaml, rules.yaml, dashboards/*.json and mixin.libsonnet "
                     "for the given metric prefixes (see docs/alerts.md).")
+    p.error = _one_line_error
     p.add_argument("--out", required=True, help="directory to write to (made if missing)")
     p.add_argument("--namespace", default=d.namespace,
                    help=f"the library's namespace (default {d.namespace})")
@@ -47,6 +48,12 @@ def add_parser(sub: Any) -> None:
                         f"{d.batch_max_age_seconds:g})")
     p.add_argument("--runbook-url", default=d.runbook_url,
                    help="where docs/alerts.md is published: adds runbook_url annotations")
+
+
+def _one_line_error(message: str) -> NoReturn:
+    # argparse prints its usage too; a command-line error here is one line, status 2.
+    print(f"jobmetrics mixin: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run(args: argparse.Namespace) -> int:
