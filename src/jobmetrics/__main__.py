@@ -1,4 +1,5 @@
-"""The ``jobmetrics`` command: ``jobmetrics demo`` runs the demo job service."""
+"""The ``jobmetrics`` command: ``jobmetrics demo`` runs the demo job service;
+``jobmetrics mixin`` writes alerts, recording rules and dashboards."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--duration", type=float, default=0.0,
                       help="stop after this many seconds (0: run until Ctrl-C)")
     demo.add_argument("--workers", type=int, default=4, help="worker threads")
+    from .mixin import cli as mixin_cli
+
+    mixin_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "mixin":
+        return mixin_cli.run(args)
     if args.command != "demo":
         parser.print_help()
         return 2
