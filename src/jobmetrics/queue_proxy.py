@@ -30,6 +30,7 @@ else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
 
 from . import _errors
+from .labels import UNKNOWN
 from .state import TaskState
 
 __all__ = ["AsyncQueueProxy", "ItemTracker", "QueueProxy", "instrument_queue"]
@@ -287,6 +288,11 @@ def _series_lookup(
 
     def series_of(item: Any) -> Optional[TaskState]:
         task_type = type_of(item)
+        if not isinstance(task_type, str) or not task_type:
+            _errors.report("queue type_of", TypeError(
+                f"type_of() must return a non-empty str, got {task_type!r}; counted as "
+                f"{UNKNOWN!r}"))
+            task_type = UNKNOWN
         series = cache.get(task_type)
         if series is None:
             series = metrics.task_series(task_type)

@@ -1,0 +1,237 @@
+"""Failures found under attack (issue 18): finalizers recording inside a recording, forks
+while other threads record, poisoned label values, bad observations, two instances on
+one directory, hostile files in the directory, a wall clock that steps back."""
+
+from __future__ import annotations
+
+import decimal
+import gc
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from jobmetrics import JobMetrics, QuantileSummary
+from promcheck import promtool_check, samples, scrape, value
+
+P = "harbor_jobservice_"
+
+
+@pytest.fixture(params=["in-process", "multi-process"])
+def mode_metrics(request: pytest.FixtureRequest, tmp_path: Path) -> JobMetrics:
+    directory = str(tmp_path) if request.param == "multi-process" else ""
+    return JobMetrics(registry=CollectorRegistry(), process_collectors=False,
+                      multiprocess_dir=directory)
+
+
+def test_a_finalizer_recording_inside_a_recording_never_deadlocks(
+        mode_metrics: JobMetrics) -> None:
+    """Abandoned @m.task generators in reference cycles are closed by the garbage
+    collector, which runs wherever an allocation happens, also inside a recording of the
+    same thread. Sweeping the GC threshold puts that point everywhere."""
+    m = mode_metrics
+
+    @m.task("gen")
+    def gen() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    @m.task("plain")
+    def plain() -> None:
+        pass
+
+    rounds = 0
+
+    def work() -> None:
+        nonlocal rounds
+        old = gc.get_threshold()
+        try:
+            for threshold in range(1, 25):
+                gc.set_threshold(threshold)
+                for _ in range(100):
+                    g = gen()
+                    next(g)
+                    cycle: list = [g]  # type: ignore[type-arg]
+                    cycle.append(cycle)
+                    del g, cycle
+                    plain()
+                    rounds += 1
+        finally:
+            gc.set_threshold(*old)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "recording deadlocked"
+    gc.collect()
+    assert value(m.registry, P + "task_total", type="plain", status="success") == rounds
+    assert value(m.registry, P + "task_total", type="gen", status="stop") == rounds
+    assert value(m.registry, P + "running_task", type="gen") == 0.0
+
+
+def test_fork_while_other_threads_record_leaves_the_child_working() -> None:
+    m = JobMetrics(registry=CollectorRegistry(), process_collectors=False)
+
+    @m.task("t")
+    def t() -> None:
+        pass
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            t()
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(3)]
+    for th in threads:
+        th.start()
+    try:
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:  # the child records, scrapes and leaves at once
+                try:
+                    t()
+                    scrape(m.registry)
+                finally:
+                    os._exit(0)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail("the forked child deadlocked on a lock held at the fork")
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+
+
+def test_a_lone_surrogate_never_breaks_a_scrape(mode_metrics: JobMetrics) -> None:
+    import queue
+
+    m = mode_metrics
+    with m.track_task("job-\udcff"):
+        pass
+    q = m.instrument_queue(queue.Queue(), name="q\ud800", type_of=lambda item: item)
+    q.put("scan\udcfe")
+    q.put(7)  # not a str: counted as "unknown"
+    text = scrape(m.registry)
+    got = samples(text)
+    assert got[(P + "task_total", (("status", "success"), ("type", "job-\ufffd")))] == 1.0
+    assert got[(P + "pending_task", (("type", "scan\ufffd"),))] == 1.0
+    assert got[(P + "pending_task", (("type", "unknown"),))] == 1.0
+    assert got[(P + "queue_size", (("queue", "q\ufffd"),))] == 2.0
+    promtool_check(text)
+    del q
+
+
+def test_bad_observations_are_rejected_at_observe(registry: CollectorRegistry) -> None:
+    s = QuantileSummary("latency_seconds", "d", registry=registry)
+    for bad in ("1", None, complex(1, 2), decimal.Decimal("1.5"), [1.0]):
+        with pytest.raises(TypeError, match="real number"):
+            s.observe(bad)  # type: ignore[arg-type]
+    s.observe(True)
+    s.observe(2)
+    s.observe(0.5)
+    got = samples(scrape(registry))
+    assert got[("latency_seconds_count", ())] == 3.0
+    assert got[("latency_seconds_sum", ())] == 3.5
+    np = pytest.importorskip("numpy")
+    s.observe(np.float64(1.0))
+    s.observe(np.int64(1))
+    assert samples(scrape(registry))[("latency_seconds_count", ())] == 5.0
+
+
+def test_a_constant_stream_reports_the_constant(registry: CollectorRegistry) -> None:
+    s = QuantileSummary("latency_seconds", "d", registry=registry)
+    for _ in range(100):
+        s.observe(1.0)
+    got = samples(scrape(registry))
+    for q in ("0.5", "0.9", "0.99"):
+        assert got[("latency_seconds", (("quantile", q),))] == 1.0  # the sketch says 1.01
+
+
+def test_two_instances_in_one_process_on_one_directory(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    app = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d)
+    default = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d)  # a second one
+    other = JobMetrics("acme", "worker", registry=CollectorRegistry(), multiprocess_dir=d)
+    for _ in range(5):
+        with app.track_task("gc"):
+            pass
+    for _ in range(100):
+        with default.track_task("gc"):
+            pass
+    for _ in range(5):
+        with app.track_task("gc"):
+            pass
+    with other.track_task("gc"):
+        pass
+    assert len(list(tmp_path.glob("jobmetrics-*.db"))) == 1  # one process, one file
+    for m in (app, default):
+        assert value(m.registry, P + "task_total", type="gc", status="success") == 110.0
+    # Another prefix in the same directory reports its own tasks only.
+    assert value(other.registry, "acme_worker_task_total", type="gc", status="success") == 1.0
+    assert value(other.registry, P + "task_total", type="gc", status="success") is None
+
+
+def test_hostile_files_in_the_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                        ) -> None:
+    import jobmetrics._errors
+
+    jobmetrics._errors._reported.clear()
+    d = tmp_path
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(d))
+    with m.track_task("gc"):
+        pass
+    os.mkfifo(d / "jobmetrics-999999991.db")  # a FIFO under a value file's name
+    bad = d / "jobmetrics-999999992.db"  # a dead process's file with a key that is junk
+    bad.write_bytes(b"JMv2" + (24).to_bytes(4, "little") + (4).to_bytes(4, "little")
+                    + b"{x}!" + b"\0" * 8)
+    victim = d.parent / "victim.txt"
+    victim.write_text("keep me")
+    os.symlink(victim, d / f"jobmetrics-archive.db.{os.getpid()}.tmp")
+    with caplog.at_level(logging.ERROR, logger="jobmetrics"):
+        got = samples(scrape(m.registry))  # returns: no hang, no exception
+    assert got[(P + "task_total", (("status", "success"), ("type", "gc")))] == 1.0
+    assert victim.read_text() == "keep me"
+    assert bad.exists()  # what could not be read is never deleted
+    assert any("999999992" in r.getMessage() or "999999992" in str(r.exc_info)
+               for r in caplog.records)
+
+
+def test_a_relative_directory_survives_a_chdir(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mp").mkdir()
+    monkeypatch.chdir(tmp_path)
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir="mp")
+    monkeypatch.chdir("/")
+    with m.track_task("gc"):
+        pass
+    assert value(m.registry, P + "task_total", type="gc", status="success") == 1.0
+
+
+def test_a_wall_clock_step_back_keeps_quantiles_and_rate(
+        mode_metrics: JobMetrics, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = mode_metrics
+    with m.track_task("gc"):
+        pass
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600.0)  # NTP, a VM resumed
+    with m.track_task("gc"):
+        pass
+    q = value(m.registry, P + "task_process_time_seconds", type="gc", status="success",
+              quantile="0.5")
+    assert q is not None and not math.isnan(q)
+    assert value(m.registry, P + "task_success_rate", type="gc") == 1.0
