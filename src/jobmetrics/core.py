@@ -14,8 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, o
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from typing_extensions import Unpack
 
 from . import _errors, multiprocess
+from .exposition import ServeOptions
 from .families import FAMILIES, family_names, new_family
 from .http_series import HttpRecorder, HttpSeries
 from .multiprocess import MPHttpSeries, MPTaskSeries, ProcessStore
@@ -569,12 +571,15 @@ class JobMetrics:
         return make_asgi_app(self)
 
     def start_http_server(
-        self, port: Optional[int] = None, addr: Optional[str] = None
+        self, port: Optional[int] = None, addr: Optional[str] = None,
+        **options: Unpack[ServeOptions],
     ) -> Union[Tuple[Any, threading.Thread], None]:
         """Serve ``path`` on ``addr:port`` (defaults: this instance's) in a daemon thread.
 
-        Returns ``(server, thread)``; ``server.shutdown()`` stops it. Returns ``None``
-        and serves nothing when metrics are disabled (Harbor's ``enabled: false``).
+        ``options`` (``web_config_file=``, ``timeout=``) go to
+        :func:`jobmetrics.start_http_server`. Returns ``(server, thread)``;
+        ``server.shutdown()`` stops it. Returns ``None`` and serves nothing when metrics
+        are disabled (Harbor's ``enabled: false``).
         """
         from .exposition import start_http_server
 
@@ -582,6 +587,7 @@ class JobMetrics:
             self.port if port is None else port,
             addr=self.addr if addr is None else addr,
             metrics=self,
+            **options,
         )
 
 

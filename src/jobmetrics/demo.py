@@ -19,14 +19,13 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from socketserver import ThreadingMixIn
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qs
 from urllib.request import Request, urlopen
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import jobmetrics
 from jobmetrics import JobMetrics, Stopped
+from jobmetrics.exposition import _serve
 
 __all__ = ["JOB_TYPES", "Demo", "run"]
 
@@ -34,15 +33,6 @@ JOB_TYPES = ("replication", "gc", "scan")
 
 Job = Tuple[str, int]
 StartResponse = Callable[..., Any]
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class Demo:
@@ -172,15 +162,17 @@ def _json(start_response: StartResponse, status: str, body: Dict[str, Any]) -> L
 def run(port: int = 8001, addr: str = "127.0.0.1", duration: float = 0.0,
         workers: int = 4) -> None:
     """Serve the demo on ``addr:port`` (0: any free port) for ``duration`` seconds (0:
-    until interrupted)."""
+    until interrupted). A port that cannot be bound raises ``OSError`` naming it."""
     metrics = JobMetrics(node="demo")
     demo = Demo(metrics, workers=workers)
-    server = make_server(addr, port, demo.wsgi_app(), server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
+    try:
+        server, _ = _serve(demo.wsgi_app(), port, addr, name="http")
+    except OSError:
+        demo.pool.shutdown(wait=False)
+        raise
     host = addr if ":" not in addr else f"[{addr}]"
     base = f"http://{host}:{server.server_port}"
     threads = [
-        threading.Thread(target=server.serve_forever, name="http", daemon=True),
         threading.Thread(target=demo.dispatch, name="dispatch", daemon=True),
         threading.Thread(target=demo.produce, args=(base,), name="produce", daemon=True),
     ]
