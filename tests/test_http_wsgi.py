@@ -362,3 +362,25 @@ def test_exhausted_but_never_closed_response_ends_once(m: JobMetrics,
     assert requests_total(registry) == {"GET 404 unknown": 1.0}
     result.close()  # type: ignore[attr-defined]
     assert requests_total(registry) == {"GET 404 unknown": 1.0}
+
+
+@pytest.mark.parametrize("config", [{"TESTING": True}, {"PROPAGATE_EXCEPTIONS": True}])
+def test_flask_propagated_exception_keeps_its_url_rule(
+    m: JobMetrics, registry: CollectorRegistry, config: Dict[str, Any]
+) -> None:
+    app = flask.Flask("propagating")
+    app.config.update(config)
+    raised: List[BaseException] = []
+
+    @app.route("/jobs/<int:job_id>/retry", methods=["POST"])
+    def retry(job_id: int) -> str:
+        err = LookupError(f"job {job_id} is gone")
+        raised.append(err)
+        raise err
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, metrics=m)  # type: ignore[method-assign]
+    with pytest.raises(LookupError) as info:
+        app.test_client().post("/jobs/7/retry")
+    assert info.value is raised[0]
+    assert requests_total(registry) == {"POST 500 /jobs/<int:job_id>/retry": 1.0}
+    assert inflight(registry) == 0.0

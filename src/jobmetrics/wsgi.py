@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,13 +17,46 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+# Where the rule of a Flask view that raised is kept (see _remember_flask_rule).
+_FLASK_RULE = "jobmetrics.flask_rule"
+_flask_watched = False
+
+
 def flask_operation(environ: Environ) -> Optional[str]:
     """The URL rule Flask (or any werkzeug app) matched: werkzeug keeps the request
     object in ``environ["werkzeug.request"]``, and Flask sets its ``url_rule``."""
     request = environ.get("werkzeug.request")
     rule = getattr(request, "url_rule", None)
     value = getattr(rule, "rule", None)
+    if value is None:
+        value = environ.get(_FLASK_RULE)
     return value if isinstance(value, str) else None
+
+
+def _remember_flask_rule(sender: object, **extra: object) -> None:
+    # With PROPAGATE_EXCEPTIONS (also TESTING=True) Flask re-raises a view's exception
+    # after clearing environ["werkzeug.request"], so the rule is gone by the time the
+    # exception reaches the middleware; got_request_exception fires just before, while
+    # the request is still active.
+    try:
+        request = sys.modules["flask"].request
+        rule = getattr(request.url_rule, "rule", None)
+        if isinstance(rule, str):
+            request.environ[_FLASK_RULE] = rule
+    except Exception as exc:
+        _errors.report("WSGIMiddleware Flask rule", exc)
+
+
+def _watch_flask() -> None:
+    # Only when the app already imported Flask: jobmetrics never imports it itself.
+    global _flask_watched
+    flask = sys.modules.get("flask")
+    if _flask_watched or flask is None:
+        return
+    signal = getattr(flask, "got_request_exception", None)
+    if signal is not None:
+        signal.connect(_remember_flask_rule, weak=False)
+        _flask_watched = True
 
 
 class _Response:
@@ -96,6 +130,7 @@ class WSGIMiddleware:
         if operation is not None and not callable(operation):
             raise TypeError("operation must be a callable taking the environ")
         self._operation = operation
+        _watch_flask()
         self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
         self._http: Optional[HttpRecorder] = self.metrics.http
         # Set only when exemplars can be recorded (see docs/http.md); else no cost.
