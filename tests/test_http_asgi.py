@@ -276,6 +276,9 @@ def test_bad_arguments_name_the_argument(m: JobMetrics) -> None:
 
     with pytest.raises(TypeError, match="operation"):
         ASGIMiddleware(app, metrics=m, operation="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^app must be the ASGI application to wrap \(a "
+                       r"callable\), got NoneType$"):
+        ASGIMiddleware(None, metrics=m)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_series"):
         ASGIMiddleware(app, metrics=m, max_series=0)
     with pytest.raises(TypeError, match="exclude_paths"):

@@ -384,3 +384,11 @@ def test_flask_propagated_exception_keeps_its_url_rule(
     assert info.value is raised[0]
     assert requests_total(registry) == {"POST 500 /jobs/<int:job_id>/retry": 1.0}
     assert inflight(registry) == 0.0
+
+
+def test_app_that_is_not_callable_is_a_type_error(m: JobMetrics) -> None:
+    with pytest.raises(TypeError, match=r"^app must be the WSGI application to wrap \(a "
+                       r"callable\), got NoneType$"):
+        WSGIMiddleware(None, metrics=m)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got str"):
+        WSGIMiddleware("app:application", metrics=m)  # type: ignore[arg-type]

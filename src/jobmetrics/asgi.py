@@ -124,6 +124,9 @@ class ASGIMiddleware:
     ) -> None:
         from .exposition import _resolve
 
+        if not callable(app):
+            raise TypeError(f"app must be the ASGI application to wrap (a callable), "
+                            f"got {type(app).__name__}")
         self.app = app
         self.metrics = _resolve(metrics)
         if operation is not None and not callable(operation):
