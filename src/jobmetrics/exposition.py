@@ -54,9 +54,28 @@ def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
     return prometheus_client.make_wsgi_app(_resolve(metrics).registry)
 
 
+class _ASGIApp:
+    """prometheus_client's ASGI app as an object, not a function: Starlette's ``Route``
+    treats a function as ``f(request) -> response`` and an object as an ASGI app, so
+    ``Route("/metrics", m.make_asgi_app())`` serves ``/metrics`` itself (a ``Mount``
+    answers it with a 307 to ``/metrics/``)."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        await self._app(scope, receive, send)
+
+
 def make_asgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """An ASGI app that serves ``metrics``' registry (default: the default instance's)."""
-    return prometheus_client.make_asgi_app(_resolve(metrics).registry)
+    """An ASGI app that serves ``metrics``' registry (default: the default instance's).
+
+    In Starlette ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``.
+    """
+    return _ASGIApp(prometheus_client.make_asgi_app(_resolve(metrics).registry))
 
 
 #: Seconds a connection may sit idle (before its request, or mid-read or mid-write)
