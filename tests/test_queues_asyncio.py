@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, List
 
 import pytest
@@ -144,3 +145,34 @@ def test_disabled_pool_still_works(registry: CollectorRegistry) -> None:
     asyncio.run(main())
     assert done == [1]
     assert scrape(registry) == ""
+
+
+def test_failures_log_one_line_each_and_stopped_none(
+    m: JobMetrics, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handle(job: int) -> None:
+        if job % 2:
+            raise Stopped("operator")
+        raise RuntimeError(f"registry down\nfor job {job}")
+
+    async def main() -> None:
+        q = m.instrument_queue(asyncio.Queue(), name="logged", type_of=lambda job: "gc")
+        for i in range(6):
+            q.put_nowait(i)
+        async with m.worker_pool(q, handle, workers=2):
+            await asyncio.wait_for(q.join(), 10)
+
+    caplog.set_level(logging.INFO, logger="jobmetrics")
+    asyncio.run(main())
+    assert total(registry, "gc", "fail") == 3.0
+    assert total(registry, "gc", "stop") == 3.0
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("jobmetrics")]
+    assert sorted(lines) == [
+        f"jobmetrics worker: handler failed on {i}: RuntimeError: registry down\\nfor job {i}"
+        for i in (0, 2, 4)]
+    assert all(r.exc_info is None for r in caplog.records)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="jobmetrics")
+    asyncio.run(main())
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 3 and all(r.levelno == logging.DEBUG for r in tracebacks)

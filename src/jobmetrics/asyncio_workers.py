@@ -10,8 +10,9 @@ Each item a worker takes is one task: when the queue was instrumented with ``typ
 of the item's type, and pending turns to running in one step (no ``await`` between
 taking the item and counting it running, so cancellation cannot split them); otherwise
 of the pool's ``type`` (default: the handler's ``@m.task`` type or name). A handler that
-returns is ``success``, raises ``fail`` (the worker logs it, or calls ``on_error``, and
-goes on), is cancelled ``stop``. ``queue.task_done()`` is called for every item taken,
+returns is ``success``, raises ``fail`` (the worker logs one line, the traceback at DEBUG,
+or calls ``on_error``, and goes on), raises :class:`~jobmetrics.Stopped` or is cancelled
+``stop`` (not logged). ``queue.task_done()`` is called for every item taken,
 so ``await queue.join()`` works.
 """
 
@@ -24,7 +25,7 @@ from types import TracebackType
 from typing import Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
-from .tasks import SUCCESS, TaskRecorder, series_of, status_of
+from .tasks import STOP, SUCCESS, TaskRecorder, series_of, status_of
 
 __all__ = ["WorkerPool"]
 
@@ -138,9 +139,26 @@ class WorkerPool:
 
     def _report(self, item: Any, exc: BaseException) -> None:
         if self._on_error is None:
-            log.error("jobmetrics worker: handler failed on %r", item, exc_info=exc)
+            if status_of(exc) == STOP:
+                return  # Stopped is a job ending as asked, not an error
+            # One line per failed job: a failing dependency must not flood the log with
+            # tracebacks. The traceback is there at DEBUG.
+            log.error("jobmetrics worker: handler failed on %s: %s", _short(item),
+                      _short(exc, exception=True))
+            log.debug("jobmetrics worker: traceback of the failure on %s", _short(item),
+                      exc_info=exc)
             return
         try:
             self._on_error(item, exc)
         except Exception:
             log.exception("jobmetrics worker: on_error failed")
+
+
+def _short(value: object, exception: bool = False, limit: int = 200) -> str:
+    # One line, bounded: an item's repr or an exception's message may be long or multi-line.
+    try:
+        text = repr(value) if not exception else f"{type(value).__name__}: {value}"
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."
