@@ -12,7 +12,10 @@ taking the item and counting it running, so cancellation cannot split them); oth
 of the pool's ``type`` (default: the handler's ``@m.task`` type or name). A handler that
 returns is ``success``, raises ``fail`` (the worker logs one line, the traceback at DEBUG,
 or calls ``on_error``, and goes on), raises :class:`~jobmetrics.Stopped` or is cancelled
-``stop`` (not logged). ``queue.task_done()`` is called for every item taken,
+``stop`` (not logged). A handler's own ``CancelledError`` (not a cancellation of the
+worker; Python 3.11+ tells them apart) is ``stop``, logged, and the worker goes on; a
+handler's ``SystemExit``/``KeyboardInterrupt`` is ``stop`` and stops the loop as it would
+without the pool. ``queue.task_done()`` is called for every item taken,
 so ``await queue.join()`` works.
 """
 
@@ -25,7 +28,7 @@ from types import TracebackType
 from typing import Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
-from .tasks import STOP, SUCCESS, TaskRecorder, series_of, status_of
+from .tasks import STOP, SUCCESS, Stopped, TaskRecorder, series_of, status_of
 
 __all__ = ["WorkerPool"]
 
@@ -123,14 +126,24 @@ class WorkerPool:
                 result = call(item)
                 if inspect.isawaitable(result):
                     await result
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if series is not None:
-                    series.end(status_of(asyncio.CancelledError()), start)
-                raise
+                    series.end(STOP, start)
+                if _worker_cancelled():
+                    raise  # stop(), or the loop shutting down: let it through
+                # The handler's own CancelledError (a cancelled inner task it awaited):
+                # the job stopped, the worker goes on so the pool stays at size.
+                self._report(item, exc)
             except Exception as exc:
                 if series is not None:
                     series.end(status_of(exc), start)
                 self._report(item, exc)
+            except BaseException:
+                # SystemExit, KeyboardInterrupt: counted (running goes back down), then
+                # let through, since it is the process stopping.
+                if series is not None:
+                    series.end(STOP, start)
+                raise
             else:
                 if series is not None:
                     series.end(SUCCESS, start)
@@ -139,8 +152,8 @@ class WorkerPool:
 
     def _report(self, item: Any, exc: BaseException) -> None:
         if self._on_error is None:
-            if status_of(exc) == STOP:
-                return  # Stopped is a job ending as asked, not an error
+            if isinstance(exc, Stopped):
+                return  # a job ending as asked, not an error
             # One line per failed job: a failing dependency must not flood the log with
             # tracebacks. The traceback is there at DEBUG.
             log.error("jobmetrics worker: handler failed on %s: %s", _short(item),
@@ -152,6 +165,18 @@ class WorkerPool:
             self._on_error(item, exc)
         except Exception:
             log.exception("jobmetrics worker: on_error failed")
+
+
+def _worker_cancelled() -> bool:
+    """Whether the running worker task itself was cancelled (not only its handler).
+
+    ``Task.cancelling()`` tells from Python 3.11 on; before it there is no way to tell a
+    handler's own ``CancelledError`` from a cancellation of the worker, so every one is
+    taken as the worker's (the worker stops, as it always did).
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 def _short(value: object, exception: bool = False, limit: int = 200) -> str:
