@@ -92,6 +92,42 @@ class _Response:
         self._finish()
 
 
+class _SizedResponse(_Response):
+    """A response whose iterable has a length (a list): servers read ``len()`` to set
+    ``Content-Length`` (wsgiref does for one block), so it is passed through."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._inner)  # type: ignore[arg-type]
+
+
+def _wrap(result: Iterable[bytes], environ: Environ, finish: Callable[[], None]
+          ) -> Iterable[bytes]:
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+        # The server sends a file wrapper with sendfile() when it gets its own object
+        # back, so that object is returned, with the request ending at its close()
+        # (PEP 3333: the server calls it when done, also after sendfile).
+        inner_close = getattr(result, "close", None)
+
+        def close() -> None:
+            try:
+                if inner_close is not None:
+                    inner_close()
+            finally:
+                finish()
+
+        try:
+            result.close = close  # type: ignore[attr-defined]
+            return result
+        except (AttributeError, TypeError):
+            pass  # a wrapper with __slots__: wrap it like any iterable
+    if hasattr(result, "__len__"):
+        return _SizedResponse(result, finish)
+    return _Response(result, finish)
+
+
 class WSGIMiddleware:
     """Counts, times and tracks in flight every request of a WSGI app.
 
@@ -192,4 +228,4 @@ class WSGIMiddleware:
                 trace[0] = current_trace_id()
             finish()
             raise
-        return _Response(result, finish)
+        return _wrap(result, environ, finish)
