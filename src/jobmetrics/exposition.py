@@ -126,8 +126,9 @@ class _Handler(WSGIRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (TimeoutError, ConnectionError):
+        except (socket.timeout, TimeoutError, ConnectionError):
             # Idle past the timeout, or the client left: drop the connection quietly.
+            # (socket.timeout is TimeoutError only from Python 3.10 on.)
             self.close_connection = True
 
     def get_environ(self) -> Dict[str, Any]:
