@@ -37,7 +37,7 @@ async def start_replication(job_id: int) -> dict[str, object]:
 app = FastAPI()
 app.include_router(router)
 app.add_middleware(ASGIMiddleware, metrics=m)
-app.mount("/metrics", m.make_asgi_app())
+app.add_route("/metrics", m.make_asgi_app())  # /metrics itself: a mount redirects
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Any worker answering /metrics speaks for all four.
 """
 
 import os
+import shutil
 import tempfile
 
 # Folds a dead worker's file into the archive as soon as gunicorn reaps it.
@@ -18,5 +19,15 @@ bind = "127.0.0.1:8000"
 # service. A deployment sets a fixed one (emptied by its start script, see
 # docs/gunicorn.md); this example makes a fresh one. A reload (SIGHUP) re-reads this file
 # with the variable already set, so it keeps the directory and every count.
+# The directory it made is removed when gunicorn exits (the variable below remembers it
+# across reloads); a directory given by the deployment is left alone.
+_MADE = "JOBMETRICS_EXAMPLE_MADE_DIR"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobmetrics-")
+    os.environ[_MADE] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_exit(server):
+    made = os.environ.get(_MADE)
+    if made and made == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(made, ignore_errors=True)

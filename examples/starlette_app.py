@@ -30,7 +30,8 @@ api = Mount("/api", routes=[
     Route("/jobs/{job_id:int}", get_job),
     Route("/jobs/{job_id:int}/retry", retry_job, methods=["POST"]),
 ])
-app = Starlette(routes=[api, Mount("/metrics", app=m.make_asgi_app())])
+# A Route serves /metrics itself (a Mount would redirect it to /metrics/).
+app = Starlette(routes=[api, Route("/metrics", m.make_asgi_app())])
 app.add_middleware(ASGIMiddleware, metrics=m)
 
 

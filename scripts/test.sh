@@ -14,14 +14,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
         echo "== installing ${need_apt[*]} (Debian packages)"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+        # The Debian packages start their services; the tests start their own on free
+        # ports, so stop the ones this run just installed, and only those: a service
+        # that was there before is someone's own.
+        for svc in "${need_apt[@]}"; do
+            if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+        done
     else
         echo "== missing ${need_apt[*]}: install them (Debian: apt-get install ${need_apt[*]}); the tests that need them will be skipped" >&2
     fi
 fi
-# The Debian packages start their services; the tests start their own on free ports.
-for svc in redis-server prometheus prometheus-pushgateway; do
-    if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
-done
 
 VENV=${JOBMETRICS_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

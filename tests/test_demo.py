@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobmetrics.__main__ import main
-from promcheck import promtool_check
+from promcheck import promtool_check, samples
 from servers import free_port, wait_http
 
 SPEC_FAMILIES = (
@@ -70,6 +70,8 @@ def test_demo_shows_every_family(tmp_path: Path) -> None:
         assert status == 202
         status, body = fetch(base + "/jobs")
         assert status == 200 and "queued" in json.loads(body)
+        status, body = fetch(base + "/jobs?type=scan&wait=1", b"")  # waits for the run
+        assert status == 200 and json.loads(body)["status"] in ("success", "fail")
         text = ""
         for _ in range(300):  # jobs take up to 0.6 s; give every type a success and a fail
             _, raw = fetch(base + "/metrics")
@@ -79,6 +81,15 @@ def test_demo_shows_every_family(tmp_path: Path) -> None:
                     and _nonzero(text, "task_total", "fail"):
                 break
             time.sleep(0.1)
+        # The demo keeps a backlog in the queue and requests in flight: most scrapes, not
+        # a lucky one, see both (before, 100 of 100 saw an empty queue).
+        seen = []
+        for _ in range(20):
+            got = samples(fetch(base + "/metrics")[1].decode())
+            seen.append((got[(P + "queue_size", (("queue", "jobs"),))],
+                         got[(P + "http_inflight_requests", ())]))
+        busy = [s for s in seen if s[0] > 0 and s[1] > 0]
+        assert len(busy) >= 15, seen
         names = families(text)
         for fam in SPEC_FAMILIES:
             assert P + fam in names, fam

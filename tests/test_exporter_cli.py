@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -73,8 +74,13 @@ def test_python_m_serves_the_harbor_layout(redis_server: RedisServer) -> None:
     )
     try:
         text = get(f"http://127.0.0.1:{port}/metrics")
+        root = get(f"http://127.0.0.1:{port}/")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get(f"http://127.0.0.1:{port}/favicon.ico")
     finally:
         out = stop(proc)
+    assert err.value.code == 404
+    assert "harbor_task_exporter_up 1.0" in root
     got = samples(text)
     assert got[("harbor_task_queue_size", (("type", "REPLICATION"),))] == 2
     assert 19 <= got[("harbor_task_queue_latency", (("type", "REPLICATION"),))] <= 60
@@ -173,8 +179,9 @@ def test_port_in_use_exits_non_zero(redis_server: RedisServer) -> None:
         port = s.getsockname()[1]
         proc = run(["--redis-url", redis_server.url(), "--port", str(port),
                     "--addr", "127.0.0.1"])
-    assert proc.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr == (f"jobmetrics-exporter: error: cannot listen on 127.0.0.1:{port}: "
+                           "Address already in use\n")
 
 
 def test_help_lists_every_environment_variable() -> None:

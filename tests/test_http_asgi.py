@@ -276,6 +276,9 @@ def test_bad_arguments_name_the_argument(m: JobMetrics) -> None:
 
     with pytest.raises(TypeError, match="operation"):
         ASGIMiddleware(app, metrics=m, operation="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^app must be the ASGI application to wrap \(a "
+                       r"callable\), got NoneType$"):
+        ASGIMiddleware(None, metrics=m)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_series"):
         ASGIMiddleware(app, metrics=m, max_series=0)
     with pytest.raises(TypeError, match="exclude_paths"):
@@ -338,3 +341,53 @@ class TestApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_mount_with_path_parameters_records_its_template(registry: CollectorRegistry) -> None:
+    m = JobMetrics(registry=registry, process_collectors=False)
+
+    async def job(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(request.path_params))
+
+    async def files(scope: Any, receive: Any, send: Any) -> None:  # a mounted bare app
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"file"})
+
+    inner = Starlette(routes=[Route("/jobs/{job_id}", job)])
+    app = Starlette(routes=[
+        Mount("/tenants/{tenant}", routes=[
+            Route("/jobs/{job_id}", job),
+            Mount("/projects/{project}", app=inner),
+            Mount("/files", app=files),
+        ]),
+    ])
+    app.add_middleware(ASGIMiddleware, metrics=m)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=20) as client:
+            for tenant in ("acme", "globex"):
+                assert client.get(f"/tenants/{tenant}/jobs/1").status_code == 200
+                assert client.get(f"/tenants/{tenant}/projects/p1/jobs/2").status_code == 200
+                assert client.get(f"/tenants/{tenant}/files/a/b.txt").status_code == 200
+            assert client.get("/tenants/acme/nothing").status_code == 404
+        expected = {
+            "GET 200 /tenants/{tenant}/jobs/{job_id}": 2.0,
+            "GET 200 /tenants/{tenant}/projects/{project}/jobs/{job_id}": 2.0,
+            "GET 200 /tenants/{tenant}/files/{path}": 2.0,
+            "GET 404 unknown": 1.0,
+        }
+        assert settled(registry, expected) == expected
+        text = scrape(registry)
+        assert "acme" not in text and "globex" not in text and "p1" not in text
+    finally:
+        server.should_exit = True
+        thread.join(10)

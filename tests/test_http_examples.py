@@ -100,3 +100,21 @@ def test_example_counts_by_route_template(serve, example: str, hits, expected) -
     assert "/jobs/22" not in text and "/missing" not in text and "/nope" not in text
     assert samples(text)[(P + "http_inflight_requests", ())] == 0.0
     promtool_check(text)
+
+
+@pytest.mark.parametrize("example", ["starlette_app.py", "fastapi_app.py", "flask_app.py",
+                                     "django_app.py"])
+def test_example_serves_metrics_at_the_path_itself(serve, example: str) -> None:  # type: ignore[no-untyped-def]
+    import http.client
+    from urllib.parse import urlsplit
+
+    base = urlsplit(serve(example))
+    conn = http.client.HTTPConnection(base.hostname, base.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")  # as the docstrings say: no redirect to /metrics/
+        resp = conn.getresponse()
+        body = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 200, resp.getheader("Location")
+    assert P + "info" in body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -362,3 +363,147 @@ def test_exhausted_but_never_closed_response_ends_once(m: JobMetrics,
     assert requests_total(registry) == {"GET 404 unknown": 1.0}
     result.close()  # type: ignore[attr-defined]
     assert requests_total(registry) == {"GET 404 unknown": 1.0}
+
+
+@pytest.mark.parametrize("config", [{"TESTING": True}, {"PROPAGATE_EXCEPTIONS": True}])
+def test_flask_propagated_exception_keeps_its_url_rule(
+    m: JobMetrics, registry: CollectorRegistry, config: Dict[str, Any]
+) -> None:
+    app = flask.Flask("propagating")
+    app.config.update(config)
+    raised: List[BaseException] = []
+
+    @app.route("/jobs/<int:job_id>/retry", methods=["POST"])
+    def retry(job_id: int) -> str:
+        err = LookupError(f"job {job_id} is gone")
+        raised.append(err)
+        raise err
+
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, metrics=m)  # type: ignore[method-assign]
+    with pytest.raises(LookupError) as info:
+        app.test_client().post("/jobs/7/retry")
+    assert info.value is raised[0]
+    assert requests_total(registry) == {"POST 500 /jobs/<int:job_id>/retry": 1.0}
+    assert inflight(registry) == 0.0
+
+
+def test_app_that_is_not_callable_is_a_type_error(m: JobMetrics) -> None:
+    with pytest.raises(TypeError, match=r"^app must be the WSGI application to wrap \(a "
+                       r"callable\), got NoneType$"):
+        WSGIMiddleware(None, metrics=m)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got str"):
+        WSGIMiddleware("app:application", metrics=m)  # type: ignore[arg-type]
+
+
+def test_content_length_of_a_list_response_survives_wsgiref(
+    m: JobMetrics, registry: CollectorRegistry
+) -> None:
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    def app(env: Any, start_response: Any) -> List[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])  # no Content-Length
+        return [b"hello"]
+
+    server = make_server("127.0.0.1", 0, WSGIMiddleware(app, metrics=m), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/x",
+                                    timeout=10) as resp:
+            assert resp.read() == b"hello"
+            assert resp.headers["Content-Length"] == "5"  # wsgiref sets it from len()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert settled(registry, {"GET 200 unknown": 1.0}) == {"GET 200 unknown": 1.0}
+
+
+FILE_APP = '''
+import io, os
+from jobmetrics import JobMetrics, WSGIMiddleware
+
+m = JobMetrics(process_collectors=False)
+metrics_app = m.make_wsgi_app()
+
+
+class NoRead(io.FileIO):
+    # A server that iterated the wrapper would get nothing: only sendfile() (which reads
+    # the descriptor) sends the file's bytes.
+    def read(self, size=-1):
+        return b""
+
+
+def files(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](NoRead(os.environ["BLOB"]))
+
+
+wrapped = WSGIMiddleware(files, metrics=m, operation=lambda environ: "/download")
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        return metrics_app(environ, start_response)
+    return wrapped(environ, start_response)
+'''
+
+
+def test_file_wrapper_goes_out_with_sendfile_under_gunicorn(tmp_path: Path) -> None:
+    if shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("gunicorn missing")
+    blob = tmp_path / "blob.bin"
+    data = os.urandom(300_000)
+    blob.write_bytes(data)
+    (tmp_path / "fapp.py").write_text(FILE_APP)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JOBMETRICS_", "PROMETHEUS_MULTIPROC"))}
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", "1", "-b",
+         f"127.0.0.1:{port}", "fapp:application"],
+        cwd=tmp_path, env={**env, "BLOB": str(blob)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics")
+        for _ in range(3):
+            with urllib.request.urlopen(base + "/download", timeout=10) as resp:
+                assert resp.read() == data
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+                got = samples(resp.read().decode())
+            total = got.get((P + "http_request_total", (("code", "200"), ("method", "GET"),
+                                                        ("operation", "/download"))))
+            if total == 3.0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert total == 3.0
+        assert got[(P + "http_inflight_requests", ())] == 0.0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_file_wrapper_returned_as_the_servers_own_object(
+    m: JobMetrics, registry: CollectorRegistry
+) -> None:
+    from wsgiref.util import FileWrapper
+
+    def app(env: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return env["wsgi.file_wrapper"](io.BytesIO(b"abc"))
+
+    env = environ("/f")
+    env["wsgi.file_wrapper"] = FileWrapper
+    result = WSGIMiddleware(app, metrics=m)(env, lambda *a: None)
+    assert isinstance(result, FileWrapper)
+    assert inflight(registry) == 1.0
+    result.close()
+    result.close()
+    assert inflight(registry) == 0.0
+    assert requests_total(registry) == {"GET 200 unknown": 1.0}

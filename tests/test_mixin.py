@@ -469,15 +469,12 @@ class Stack:
 
 
 def _serve_demo(metrics: JobMetrics) -> Tuple[Demo, Any, int]:
-    from wsgiref.simple_server import make_server
-
-    from jobmetrics.demo import _QuietHandler, _ThreadingWSGIServer
+    from jobmetrics.exposition import _serve
 
     demo = Demo(metrics, workers=2, fail_rate=0.2)
-    server = make_server("127.0.0.1", 0, demo.wsgi_app(), server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
+    server, _ = _serve(demo.wsgi_app(), 0, "127.0.0.1")
     port = server.server_port
-    for target, args in ((server.serve_forever, ()), (demo.dispatch, ()),
+    for target, args in ((demo.dispatch, ()),
                          (demo.produce, (f"http://127.0.0.1:{port}",))):
         threading.Thread(target=target, args=args, daemon=True).start()
     return demo, server, port

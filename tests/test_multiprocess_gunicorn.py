@@ -101,12 +101,13 @@ def test_sigkilled_worker_keeps_counts_drops_live_gauges(
     check_worker_killed_mid_request(base, hold, OP, 4, 16, master)
 
 
-def test_example_config_serves_flask_app_from_four_workers() -> None:
+def test_example_config_serves_flask_app_from_four_workers(tmp_path: Path) -> None:
     """examples/gunicorn.conf.py with examples/flask_app.py, run as docs/gunicorn.md says."""
     binary = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     examples = Path(__file__).resolve().parent.parent / "examples"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(tmp_path)  # where the example makes its directory: checked below
     port = free_port()
     proc = subprocess.Popen(
         [binary, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "flask_app:application"],
@@ -131,6 +132,9 @@ def test_example_config_serves_flask_app_from_four_workers() -> None:
         _, got = scrape_until(base, lambda g: workers(g) == "4")
         assert workers(got) == "4"
         promtool_check(text)
+        assert [p.name[:11] for p in tmp_path.iterdir()] == ["jobmetrics-"]
     finally:
         stop(proc)
+    # The example removes the directory it made when gunicorn exits.
+    assert list(tmp_path.iterdir()) == []
 

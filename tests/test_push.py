@@ -112,3 +112,18 @@ def test_cron_example_pushes(gateway: str) -> None:
     assert "harbor_jobservice_batch_last_success_timestamp_seconds" in names
     assert sum(v for (n, labels), v in got.items() if n == "harbor_jobservice_task_total"
                and ("job", "nightly_gc") in labels) == 3.0
+
+
+@pytest.mark.parametrize("scheme", ["http://", ""])
+def test_failed_push_never_logs_the_password(
+    m: JobMetrics, caplog: pytest.LogCaptureFixture, scheme: str
+) -> None:
+    gateway = f"{scheme}alice:s3cr%21t@127.0.0.1:{free_port()}"  # nothing listens there
+    with caplog.at_level(logging.ERROR, logger="jobmetrics"), \
+            m.push_on_exit(gateway, job="j", timeout=2) as block:
+        pass
+    assert block.last_error is not None
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert message.startswith(f"jobmetrics: push to {scheme}alice:***@127.0.0.1:")
+    assert "s3cr" not in message

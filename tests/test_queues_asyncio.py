@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 from typing import Any, List
 
 import pytest
@@ -144,3 +146,78 @@ def test_disabled_pool_still_works(registry: CollectorRegistry) -> None:
     asyncio.run(main())
     assert done == [1]
     assert scrape(registry) == ""
+
+
+def test_failures_log_one_line_each_and_stopped_none(
+    m: JobMetrics, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handle(job: int) -> None:
+        if job % 2:
+            raise Stopped("operator")
+        raise RuntimeError(f"registry down\nfor job {job}")
+
+    async def main() -> None:
+        q = m.instrument_queue(asyncio.Queue(), name="logged", type_of=lambda job: "gc")
+        for i in range(6):
+            q.put_nowait(i)
+        async with m.worker_pool(q, handle, workers=2):
+            await asyncio.wait_for(q.join(), 10)
+
+    caplog.set_level(logging.INFO, logger="jobmetrics")
+    asyncio.run(main())
+    assert total(registry, "gc", "fail") == 3.0
+    assert total(registry, "gc", "stop") == 3.0
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("jobmetrics")]
+    assert sorted(lines) == [
+        f"jobmetrics worker: handler failed on {i}: RuntimeError: registry down\\nfor job {i}"
+        for i in (0, 2, 4)]
+    assert all(r.exc_info is None for r in caplog.records)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="jobmetrics")
+    asyncio.run(main())
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 3 and all(r.levelno == logging.DEBUG for r in tracebacks)
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_handler_exit_is_counted_and_let_through(
+    m: JobMetrics, registry: CollectorRegistry, exc_type: type
+) -> None:
+    async def handle(job: int) -> None:
+        raise exc_type(3)
+
+    async def main() -> None:
+        q = m.instrument_queue(asyncio.Queue(), name="exits", type_of=lambda job: "gc")
+        q.put_nowait(1)
+        async with m.worker_pool(q, handle, workers=2):
+            await asyncio.wait_for(q.join(), 10)
+
+    with pytest.raises(exc_type):
+        asyncio.run(main())
+    assert state(registry, "gc") == (0.0, 0.0)
+    assert total(registry, "gc", "stop") == 1.0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+def test_handlers_own_cancelled_error_keeps_the_worker(
+    m: JobMetrics, registry: CollectorRegistry
+) -> None:
+    async def handle(job: int) -> None:
+        if job == 1:
+            inner = asyncio.get_running_loop().create_future()
+            inner.cancel()
+            await inner  # a cancelled inner operation: CancelledError, the worker is fine
+
+    async def main() -> None:
+        q = m.instrument_queue(asyncio.Queue(), name="own", type_of=lambda job: "scan")
+        for i in range(5):
+            q.put_nowait(i)
+        pool = m.worker_pool(q, handle, workers=1).start()
+        await asyncio.wait_for(q.join(), 10)  # the one worker took every item
+        assert pool.running
+        await asyncio.wait_for(pool.stop(), 10)  # a real shutdown still gets through
+
+    asyncio.run(main())
+    assert state(registry, "scan") == (0.0, 0.0)
+    assert total(registry, "scan", "success") == 4.0
+    assert total(registry, "scan", "stop") == 1.0

@@ -7,12 +7,15 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import __version__
+
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the ``jobmetrics`` command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="jobmetrics", description="jobmetrics tools")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo", help="run a small job service whose /metrics shows every family",
@@ -41,7 +44,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--workers must be >= 1")
     from .demo import run
 
-    run(port=args.port, addr=args.addr, duration=args.duration, workers=args.workers)
+    try:
+        run(port=args.port, addr=args.addr, duration=args.duration, workers=args.workers)
+    except OSError as exc:
+        # A busy port is a usage error: one line, not a traceback.
+        print(f"jobmetrics: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable, MutableMapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import _errors
 from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
@@ -28,22 +28,68 @@ CLIENT_CLOSED = "499"
 
 
 def starlette_operation(scope: Scope, root_path: str) -> Optional[str]:
-    """The route template Starlette/FastAPI matched, with the prefixes of any mounts.
+    """The route template Starlette/FastAPI matched, with the templates of any mounts.
 
-    Starlette's router leaves the matched route in ``scope["route"]`` and adds each
-    mount's prefix to ``scope["root_path"]``; ``root_path`` is the value before the app.
+    Starlette's router leaves the matched route in ``scope["route"]`` and the outermost
+    router in ``scope["router"]``; the mounts between them are found in the routing tree,
+    so ``Mount("/tenants/{tenant}")`` gives ``/tenants/{tenant}/...``, never the text the
+    client requested. ``root_path`` is the scope's value before the app.
     """
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
-    prefix = scope.get("root_path", "")
-    prefix = prefix[len(root_path):] if prefix.startswith(root_path) else ""
-    if not hasattr(route, "endpoint"):  # a Mount: nothing inside it matched
-        # A mounted router that matched nothing is a 404; a mounted app without routes
-        # (static files, another framework) serves everything under the prefix.
-        return None if getattr(route, "routes", None) else prefix + "/{path}"
-    return prefix + path
+    if hasattr(route, "endpoint"):
+        leaf = path
+    elif getattr(route, "routes", None):
+        return None  # a mounted router that matched nothing: a 404
+    else:
+        # A mounted app without routes (static files, another framework) serves
+        # everything under its prefix.
+        leaf = path + "/{path}"
+    prefix = _mount_prefix(scope.get("router"), route)
+    if prefix is None:
+        # Not found in the tree: only an unmounted route is safe to name (the mounts'
+        # prefix in root_path is the requested text).
+        return leaf if scope.get("root_path", "") == root_path else None
+    return prefix + leaf
+
+
+_MAX_DEPTH = 16
+# id(route) -> (router, route, prefix): routes are fixed once an app runs, so the tree
+# is walked once per route; the objects are held so their ids stay theirs.
+_prefixes: Dict[int, Tuple[object, object, Optional[str]]] = {}
+
+
+def _mount_prefix(router: object, route: object) -> Optional[str]:
+    """The joined path templates of the mounts from ``router`` down to ``route``."""
+    if router is None:
+        return None
+    hit = _prefixes.get(id(route))
+    if hit is not None and hit[0] is router and hit[1] is route:
+        return hit[2]
+    found = _find(getattr(router, "routes", None), route, "", 0)
+    if len(_prefixes) > 10_000:  # routes made per request: do not grow without bound
+        _prefixes.clear()
+    _prefixes[id(route)] = (router, route, found)
+    return found
+
+
+def _find(routes: object, target: object, prefix: str, depth: int) -> Optional[str]:
+    if not isinstance(routes, (list, tuple)) or depth > _MAX_DEPTH:
+        return None
+    for r in routes:
+        if r is target:
+            return prefix
+    for r in routes:
+        sub = getattr(r, "routes", None)
+        if sub:
+            path = getattr(r, "path", "")  # a Host has none: it adds nothing
+            found = _find(sub, target, prefix + (path if isinstance(path, str) else ""),
+                          depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 class ASGIMiddleware:
@@ -78,6 +124,9 @@ class ASGIMiddleware:
     ) -> None:
         from .exposition import _resolve
 
+        if not callable(app):
+            raise TypeError(f"app must be the ASGI application to wrap (a callable), "
+                            f"got {type(app).__name__}")
         self.app = app
         self.metrics = _resolve(metrics)
         if operation is not None and not callable(operation):

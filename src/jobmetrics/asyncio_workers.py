@@ -10,8 +10,12 @@ Each item a worker takes is one task: when the queue was instrumented with ``typ
 of the item's type, and pending turns to running in one step (no ``await`` between
 taking the item and counting it running, so cancellation cannot split them); otherwise
 of the pool's ``type`` (default: the handler's ``@m.task`` type or name). A handler that
-returns is ``success``, raises ``fail`` (the worker logs it, or calls ``on_error``, and
-goes on), is cancelled ``stop``. ``queue.task_done()`` is called for every item taken,
+returns is ``success``, raises ``fail`` (the worker logs one line, the traceback at DEBUG,
+or calls ``on_error``, and goes on), raises :class:`~jobmetrics.Stopped` or is cancelled
+``stop`` (not logged). A handler's own ``CancelledError`` (not a cancellation of the
+worker; Python 3.11+ tells them apart) is ``stop``, logged, and the worker goes on; a
+handler's ``SystemExit``/``KeyboardInterrupt`` is ``stop`` and stops the loop as it would
+without the pool. ``queue.task_done()`` is called for every item taken,
 so ``await queue.join()`` works.
 """
 
@@ -24,8 +28,8 @@ from types import TracebackType
 from typing import Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
-from .state import SUCCESS, OuterRun, TaskState, outer_run
-from .tasks import status_of
+from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
+from .tasks import Stopped, status_of
 
 __all__ = ["WorkerPool"]
 
@@ -123,14 +127,24 @@ class WorkerPool:
                 result = call(item)
                 if inspect.isawaitable(result):
                     await result
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if run is not None:
-                    run.end(status_of(asyncio.CancelledError()), start)
-                raise
+                    run.end(STOP, start)
+                if _worker_cancelled():
+                    raise  # stop(), or the loop shutting down: let it through
+                # The handler's own CancelledError (a cancelled inner task it awaited):
+                # the job stopped, the worker goes on so the pool stays at size.
+                self._report(item, exc)
             except Exception as exc:
                 if run is not None:
                     run.end(status_of(exc), start)
                 self._report(item, exc)
+            except BaseException:
+                # SystemExit, KeyboardInterrupt: counted (running goes back down), then
+                # let through, since it is the process stopping.
+                if run is not None:
+                    run.end(STOP, start)
+                raise
             else:
                 if run is not None:
                     run.end(SUCCESS, start)
@@ -141,9 +155,38 @@ class WorkerPool:
 
     def _report(self, item: Any, exc: BaseException) -> None:
         if self._on_error is None:
-            log.error("jobmetrics worker: handler failed on %r", item, exc_info=exc)
+            if isinstance(exc, Stopped):
+                return  # a job ending as asked, not an error
+            # One line per failed job: a failing dependency must not flood the log with
+            # tracebacks. The traceback is there at DEBUG.
+            log.error("jobmetrics worker: handler failed on %s: %s", _short(item),
+                      _short(exc, exception=True))
+            log.debug("jobmetrics worker: traceback of the failure on %s", _short(item),
+                      exc_info=exc)
             return
         try:
             self._on_error(item, exc)
         except Exception:
             log.exception("jobmetrics worker: on_error failed")
+
+
+def _worker_cancelled() -> bool:
+    """Whether the running worker task itself was cancelled (not only its handler).
+
+    ``Task.cancelling()`` tells from Python 3.11 on; before it there is no way to tell a
+    handler's own ``CancelledError`` from a cancellation of the worker, so every one is
+    taken as the worker's (the worker stops, as it always did).
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
+def _short(value: object, exception: bool = False, limit: int = 200) -> str:
+    # One line, bounded: an item's repr or an exception's message may be long or multi-line.
+    try:
+        text = repr(value) if not exception else f"{type(value).__name__}: {value}"
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union, overload
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from typing_extensions import Unpack
 
 from . import multiprocess
+from .exposition import ServeOptions
 from .push import PushOnExit
 from .service import Service
 from .settings import (
@@ -450,12 +452,15 @@ class JobMetrics:
         return make_asgi_app(self)
 
     def start_http_server(
-        self, port: Optional[int] = None, addr: Optional[str] = None
+        self, port: Optional[int] = None, addr: Optional[str] = None,
+        **options: Unpack[ServeOptions],
     ) -> Union[Tuple[Any, threading.Thread], None]:
         """Serve ``path`` on ``addr:port`` (defaults: this instance's) in a daemon thread.
 
-        Returns ``(server, thread)``; ``server.shutdown()`` stops it. Returns ``None``
-        and serves nothing when metrics are disabled (Harbor's ``enabled: false``).
+        ``options`` (``web_config_file=``, ``timeout=``) go to
+        :func:`jobmetrics.start_http_server`. Returns ``(server, thread)``;
+        ``server.shutdown()`` stops it. Returns ``None`` and serves nothing when metrics
+        are disabled (Harbor's ``enabled: false``).
         """
         from .exposition import start_http_server
 
@@ -463,6 +468,7 @@ class JobMetrics:
             self.port if port is None else port,
             addr=self.addr if addr is None else addr,
             metrics=self,
+            **options,
         )
 
 

@@ -3,12 +3,15 @@
 ``python -m jobmetrics demo`` (or ``jobmetrics demo``) serves, on one port:
 
 * ``POST /jobs?type=replication|gc|scan`` (or ``GET /jobs/submit?type=...``): queue a job;
+  with ``&wait=1`` the answer waits until the job has run and tells how it ended;
 * ``GET /jobs``: the queue length;
 * ``GET /metrics``: the metrics.
 
 Jobs go through an instrumented ``queue.Queue`` to an instrumented thread pool whose
 workers run them with random durations and failures; the demo also submits jobs itself
-and calls its own API, so every family moves without any client.
+and calls its own API, so every family moves without any client: bursts of jobs keep a
+backlog in the queue (``queue_size`` above 0) and a few clients wait on their jobs
+(``wait=1``), so requests are in flight at any moment.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from socketserver import ThreadingMixIn
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qs
 from urllib.request import Request, urlopen
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import jobmetrics
 from jobmetrics import JobMetrics, Stopped
+from jobmetrics.exposition import _serve
 
 __all__ = ["JOB_TYPES", "Demo", "run"]
 
@@ -36,20 +38,17 @@ Job = Tuple[str, int]
 StartResponse = Callable[..., Any]
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class Demo:
     """The demo service: an HTTP API, a job queue, a worker pool and its metrics."""
 
-    def __init__(self, metrics: JobMetrics, workers: int = 4, fail_rate: float = 0.1) -> None:
+    def __init__(self, metrics: JobMetrics, workers: int = 4, fail_rate: float = 0.1,
+                 clients: int = 3) -> None:
         self.metrics = metrics
+        self.clients = clients
+        # job id -> [event set when the job has run, its status]: only for jobs a
+        # request waits on (wait=1).
+        self._waiters: Dict[int, List[Any]] = {}
+        self._waiters_lock = threading.Lock()
         self.fail_rate = fail_rate
         self.stop_event = threading.Event()
         self.jobs = metrics.instrument_queue(queue.Queue(), name="jobs",
@@ -92,6 +91,33 @@ class Demo:
         self.jobs.put((job_type, job_id))
         return job_id
 
+    def submit_and_wait(self, job_type: str, timeout: float = 30.0) -> Tuple[int, str]:
+        """Queue one job and wait until it has run: its id and ``success``, ``fail``,
+        ``stop`` (or ``queued`` if it has not run within ``timeout`` seconds)."""
+        if job_type not in self._tasks:
+            raise ValueError(job_type)
+        job_id = next(self._ids)
+        waiter: List[Any] = [threading.Event(), "queued"]
+        with self._waiters_lock:
+            self._waiters[job_id] = waiter
+        self.jobs.put((job_type, job_id))
+        try:
+            waiter[0].wait(timeout)
+        finally:
+            with self._waiters_lock:
+                self._waiters.pop(job_id, None)
+        return job_id, str(waiter[1])
+
+    def _ran(self, job_id: int, future: Future[None]) -> None:
+        with self._waiters_lock:
+            waiter = self._waiters.get(job_id)
+        if waiter is None:
+            return
+        exc = None if future.cancelled() else future.exception()
+        waiter[1] = ("stop" if future.cancelled() or isinstance(exc, Stopped)
+                     else "fail" if exc is not None else "success")
+        waiter[0].set()
+
     def dispatch(self) -> None:
         """Move jobs from the queue to the worker pool (one thread), keeping the pool
         at most two jobs ahead of its workers so the queue is where jobs wait."""
@@ -103,11 +129,20 @@ class Demo:
                 continue
             sem.acquire()
             future = self.pool.submit(self._tasks[job_type], job_id)
-            future.add_done_callback(lambda _f: sem.release())
+
+            def done(f: Future[None], job_id: int = job_id) -> None:
+                sem.release()
+                self._ran(job_id, f)
+
+            future.add_done_callback(done)
 
     def produce(self, base_url: str) -> None:
-        """Submit jobs now and then, half through the HTTP API, until stopped."""
+        """Submit jobs now and then, half through the HTTP API, until stopped; when the
+        queue runs low, a burst of jobs, so there is always a backlog to see."""
         while not self.stop_event.wait(random.uniform(0.02, 0.15)):
+            if self.jobs.qsize() < self.workers:
+                for _ in range(self.workers * 3):
+                    self.submit(random.choice(JOB_TYPES))
             job_type = random.choice(JOB_TYPES)
             if random.random() < 0.5:
                 self.submit(job_type)
@@ -121,6 +156,19 @@ class Demo:
             except Exception:
                 pass  # a 404 on purpose, or the server stopping
 
+    def client(self, base_url: str) -> None:
+        """A client that submits a job and waits for it (``wait=1``), again and again:
+        a few of them keep requests in flight."""
+        while not self.stop_event.is_set():
+            job_type = random.choice(JOB_TYPES)
+            try:
+                req = Request(f"{base_url}/jobs?type={job_type}&wait=1", data=b"",
+                              method="POST")
+                with urlopen(req, timeout=60) as resp:
+                    resp.read()
+            except Exception:
+                self.stop_event.wait(0.1)  # the server stopping
+
     # -- HTTP -------------------------------------------------------------------------
 
     def app(self, environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -130,10 +178,15 @@ class Demo:
         if path == self.metrics.path:
             return self._metrics_app(environ, start_response)
         if (path == "/jobs" and method == "POST") or path == "/jobs/submit":
-            job_type = parse_qs(environ.get("QUERY_STRING", "")).get("type", ["scan"])[0]
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            job_type = query.get("type", ["scan"])[0]
             if job_type not in JOB_TYPES:
                 return _json(start_response, "400 Bad Request",
                              {"error": f"type must be one of {', '.join(JOB_TYPES)}"})
+            if query.get("wait", ["0"])[0] in ("1", "true"):
+                job_id, status = self.submit_and_wait(job_type)
+                return _json(start_response, "200 OK" if status != "queued" else "202 Accepted",
+                             {"id": job_id, "type": job_type, "status": status})
             return _json(start_response, "202 Accepted",
                          {"id": self.submit(job_type), "type": job_type})
         if path == "/jobs":
@@ -172,17 +225,21 @@ def _json(start_response: StartResponse, status: str, body: Dict[str, Any]) -> L
 def run(port: int = 8001, addr: str = "127.0.0.1", duration: float = 0.0,
         workers: int = 4) -> None:
     """Serve the demo on ``addr:port`` (0: any free port) for ``duration`` seconds (0:
-    until interrupted)."""
+    until interrupted). A port that cannot be bound raises ``OSError`` naming it."""
     metrics = JobMetrics(node="demo")
     demo = Demo(metrics, workers=workers)
-    server = make_server(addr, port, demo.wsgi_app(), server_class=_ThreadingWSGIServer,
-                         handler_class=_QuietHandler)
+    try:
+        server, _ = _serve(demo.wsgi_app(), port, addr, name="http")
+    except OSError:
+        demo.pool.shutdown(wait=False)
+        raise
     host = addr if ":" not in addr else f"[{addr}]"
     base = f"http://{host}:{server.server_port}"
     threads = [
-        threading.Thread(target=server.serve_forever, name="http", daemon=True),
         threading.Thread(target=demo.dispatch, name="dispatch", daemon=True),
         threading.Thread(target=demo.produce, args=(base,), name="produce", daemon=True),
+        *(threading.Thread(target=demo.client, args=(base,), name=f"client-{i}", daemon=True)
+          for i in range(demo.clients)),
     ]
     for t in threads:
         t.start()

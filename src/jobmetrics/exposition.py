@@ -7,12 +7,18 @@ or OpenMetrics), gzip and ``name[]=`` filtering behave exactly as there.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Tuple
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import prometheus_client
+from prometheus_client import CollectorRegistry
+from typing_extensions import TypedDict
+
+from ._webconfig import WebConfigSource
 
 if TYPE_CHECKING:
     from .core import JobMetrics
@@ -20,6 +26,17 @@ if TYPE_CHECKING:
 __all__ = ["make_asgi_app", "make_wsgi_app", "start_http_server"]
 
 logger = logging.getLogger("jobmetrics")
+
+
+
+class ServeOptions(TypedDict, total=False):
+    """Keyword options of ``start_http_server`` beyond the address."""
+
+    web_config_file: Optional[str]
+    timeout: Optional[float]
+
+
+WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _resolve(metrics: Optional[JobMetrics]) -> JobMetrics:
@@ -37,30 +54,181 @@ def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
     return prometheus_client.make_wsgi_app(_resolve(metrics).registry)
 
 
+class _ASGIApp:
+    """prometheus_client's ASGI app as an object, not a function: Starlette's ``Route``
+    treats a function as ``f(request) -> response`` and an object as an ASGI app, so
+    ``Route("/metrics", m.make_asgi_app())`` serves ``/metrics`` itself (a ``Mount``
+    answers it with a 307 to ``/metrics/``)."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        await self._app(scope, receive, send)
+
+
 def make_asgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """An ASGI app that serves ``metrics``' registry (default: the default instance's)."""
-    return prometheus_client.make_asgi_app(_resolve(metrics).registry)
+    """An ASGI app that serves ``metrics``' registry (default: the default instance's).
+
+    In Starlette ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``.
+    """
+    return _ASGIApp(prometheus_client.make_asgi_app(_resolve(metrics).registry))
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+#: Seconds a connection may sit idle (before its request, or mid-read or mid-write)
+#: before the server closes it: an idle client must not hold a thread forever.
+DEFAULT_TIMEOUT = 30.0
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A threading WSGI server with a per-connection timeout and optional TLS.
+
+    TLS is negotiated in the connection's own thread, under its timeout, so a client that
+    connects and says nothing cannot stall ``accept()`` for everyone else.
+    """
+
     daemon_threads = True
+    request_timeout: Optional[float] = DEFAULT_TIMEOUT
+    web: Optional[WebConfigSource] = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        web = self.web.current() if self.web is not None else None
+        if web is None or web.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.request_timeout)
+        try:
+            tls = web.ssl_context.wrap_socket(request, server_side=True)
+        except (OSError, ValueError) as exc:
+            logger.debug("jobmetrics: TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
+        finally:
+            tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-response is not the service's problem: no traceback
+        # on the service's stderr, as socketserver would print.
+        logger.debug("jobmetrics: error serving %s", client_address, exc_info=True)
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _Handler(WSGIRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (socket.timeout, TimeoutError, ConnectionError):
+            # Idle past the timeout, or the client left: drop the connection quietly.
+            # (socket.timeout is TimeoutError only from Python 3.10 on.)
+            self.close_connection = True
+
+    def get_environ(self) -> Dict[str, Any]:
+        environ: Dict[str, Any] = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            environ["HTTPS"] = "on"
+            environ["wsgi.url_scheme"] = "https"
+        return environ
+
     def log_message(self, format: str, *args: Any) -> None:
         # A scrape every few seconds should not fill the service's stderr.
         pass
 
 
-def _only_path(app: Callable[..., Any], path: str) -> Callable[..., Any]:
-    def serve(environ: Any, start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") in (path, path.rstrip("/") or "/"):
-            result: Iterable[bytes] = app(environ, start_response)
-            return result
+def _only_paths(app: WSGIApp, paths: Sequence[str]) -> WSGIApp:
+    allowed = set(paths) | {p.rstrip("/") or "/" for p in paths}
+
+    def serve(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") in allowed:
+            return app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [f"metrics are served at {path}\n".encode()]
+        return [f"metrics are served at {paths[0]}\n".encode()]
 
     return serve
+
+
+def _guarded(app: WSGIApp, web: WebConfigSource) -> WSGIApp:
+    def serve(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        config = web.current()
+        headers = list(config.headers)
+        if not config.check(environ.get("HTTP_AUTHORIZATION")):
+            start_response("401 Unauthorized", [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="metrics", charset="UTF-8"'),
+                *headers])
+            return [b"Unauthorized\n"]
+        if not headers:
+            return app(environ, start_response)
+
+        def with_headers(status: str, response_headers: List[Tuple[str, str]],
+                         exc_info: Any = None) -> Any:
+            return start_response(status, response_headers + headers, exc_info)
+
+        return app(environ, with_headers)
+
+    return serve
+
+
+def _check_port(port: object, addr: object) -> None:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, got {type(port).__name__} {port!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    if not isinstance(addr, str):
+        raise TypeError(f"addr must be a str, got {type(addr).__name__}")
+
+
+def _display(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _serve(
+    app: WSGIApp,
+    port: int,
+    addr: str,
+    *,
+    web_config_file: Optional[str] = None,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    name: str = "jobmetrics-http",
+) -> Tuple[_Server, threading.Thread]:
+    """Serve ``app`` on ``addr:port`` from a daemon thread: the one HTTP server of
+    jobmetrics (``start_http_server``, the exporter, the demo).
+
+    ``addr`` may be IPv4, IPv6 (``::1``, ``::``) or a host name. A port that cannot be
+    bound raises ``OSError`` (its errno kept) naming ``addr:port``.
+    """
+    _check_port(port, addr)
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    web = WebConfigSource(web_config_file) if web_config_file is not None else None
+    if web is not None:
+        app = _guarded(app, web)
+    where = _display(addr, port)
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        server_class = type("_Server", (_Server,), {"address_family": family,
+                                                    "request_timeout": timeout, "web": web})
+        server = server_class(sockaddr[:2], _Handler)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from None
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def metrics_app(registry: CollectorRegistry, paths: Sequence[str]) -> WSGIApp:
+    """prometheus_client's exposition of ``registry`` at ``paths``, 404 elsewhere."""
+    return _only_paths(prometheus_client.make_wsgi_app(registry), paths)
 
 
 def start_http_server(
@@ -68,20 +236,28 @@ def start_http_server(
     addr: str = "0.0.0.0",
     metrics: Optional[JobMetrics] = None,
     path: Optional[str] = None,
+    *,
+    web_config_file: Optional[str] = None,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
 ) -> Optional[Tuple[WSGIServer, threading.Thread]]:
     """Serve the metrics at ``http://addr:port{path}`` from a daemon thread.
 
+    ``addr`` defaults to ``0.0.0.0`` (every IPv4 interface, as Harbor's jobservice binds);
+    give ``127.0.0.1`` to keep it on the host, or an IPv6 address (``::1``, ``::``).
     ``path`` defaults to the instance's (``/metrics``); other paths answer 404. Port 0
-    picks a free port: read it from ``server.server_port``. Returns ``(server, thread)``
-    (``server.shutdown()`` stops it), or ``None`` without serving when the metrics are
-    disabled, as Harbor's ``metric: {enabled: false}`` turns the endpoint off.
+    picks a free port: read it from ``server.server_port``. ``web_config_file`` turns on
+    TLS and/or basic auth from a Prometheus exporter-toolkit web config file.
+    ``timeout`` (seconds) closes a connection idle that long. A port that cannot be bound
+    raises ``OSError`` naming ``addr:port``.
+
+    Returns ``(server, thread)`` (``server.shutdown()`` stops it), or ``None`` without
+    serving when the metrics are disabled, as Harbor's ``metric: {enabled: false}`` turns
+    the endpoint off.
     """
     m = _resolve(metrics)
+    _check_port(port, addr)
     if not m.enabled:
-        logger.info("jobmetrics: metrics disabled, not serving on %s:%s", addr, port)
+        logger.info("jobmetrics: metrics disabled, not serving on %s", _display(addr, port))
         return None
-    app = _only_path(prometheus_client.make_wsgi_app(m.registry), path or m.path)
-    server = make_server(addr, port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="jobmetrics-http", daemon=True)
-    thread.start()
-    return server, thread
+    app = metrics_app(m.registry, (path or m.path,))
+    return _serve(app, port, addr, web_config_file=web_config_file, timeout=timeout)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type, TypeVar
+from urllib.parse import urlsplit
 
 from prometheus_client import pushadd_to_gateway
 from prometheus_client.exposition import default_handler
@@ -108,7 +109,12 @@ class PushOnExit:
             )
         except Exception as exc:  # the job's outcome matters more than its metrics
             self.last_error = exc
-            logger.error("jobmetrics: push to %s failed: %s", self.gateway, exc)
+            # Never log credentials given in the URL: neither in it nor in the error,
+            # which may quote the address it could not parse.
+            password = _password(self.gateway)
+            message = str(exc) if password is None else str(exc).replace(password, "***")
+            logger.error("jobmetrics: push to %s failed: %s", _redacted(self.gateway),
+                         message)
             return False
         self.last_error = None
         return True
@@ -133,3 +139,20 @@ class PushOnExit:
                 return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
+
+
+def _password(gateway: str) -> Optional[str]:
+    url = gateway if "://" in gateway else "http://" + gateway  # as prometheus_client
+    try:
+        return urlsplit(url).password or None
+    except ValueError:
+        return None
+
+
+def _redacted(gateway: str) -> str:
+    """``gateway`` with the password of its URL (``user:password@``) replaced by ``***``."""
+    password = _password(gateway)
+    if password is None:
+        return gateway
+    head, at, tail = gateway.rpartition("@")
+    return head.replace(f":{password}", ":***") + at + tail

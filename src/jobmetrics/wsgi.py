@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,13 +17,46 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+# Where the rule of a Flask view that raised is kept (see _remember_flask_rule).
+_FLASK_RULE = "jobmetrics.flask_rule"
+_flask_watched = False
+
+
 def flask_operation(environ: Environ) -> Optional[str]:
     """The URL rule Flask (or any werkzeug app) matched: werkzeug keeps the request
     object in ``environ["werkzeug.request"]``, and Flask sets its ``url_rule``."""
     request = environ.get("werkzeug.request")
     rule = getattr(request, "url_rule", None)
     value = getattr(rule, "rule", None)
+    if value is None:
+        value = environ.get(_FLASK_RULE)
     return value if isinstance(value, str) else None
+
+
+def _remember_flask_rule(sender: object, **extra: object) -> None:
+    # With PROPAGATE_EXCEPTIONS (also TESTING=True) Flask re-raises a view's exception
+    # after clearing environ["werkzeug.request"], so the rule is gone by the time the
+    # exception reaches the middleware; got_request_exception fires just before, while
+    # the request is still active.
+    try:
+        request = sys.modules["flask"].request
+        rule = getattr(request.url_rule, "rule", None)
+        if isinstance(rule, str):
+            request.environ[_FLASK_RULE] = rule
+    except Exception as exc:
+        _errors.report("WSGIMiddleware Flask rule", exc)
+
+
+def _watch_flask() -> None:
+    # Only when the app already imported Flask: jobmetrics never imports it itself.
+    global _flask_watched
+    flask = sys.modules.get("flask")
+    if _flask_watched or flask is None:
+        return
+    signal = getattr(flask, "got_request_exception", None)
+    if signal is not None:
+        signal.connect(_remember_flask_rule, weak=False)
+        _flask_watched = True
 
 
 class _Response:
@@ -58,6 +92,42 @@ class _Response:
         self._finish()
 
 
+class _SizedResponse(_Response):
+    """A response whose iterable has a length (a list): servers read ``len()`` to set
+    ``Content-Length`` (wsgiref does for one block), so it is passed through."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._inner)  # type: ignore[arg-type]
+
+
+def _wrap(result: Iterable[bytes], environ: Environ, finish: Callable[[], None]
+          ) -> Iterable[bytes]:
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+        # The server sends a file wrapper with sendfile() when it gets its own object
+        # back, so that object is returned, with the request ending at its close()
+        # (PEP 3333: the server calls it when done, also after sendfile).
+        inner_close = getattr(result, "close", None)
+
+        def close() -> None:
+            try:
+                if inner_close is not None:
+                    inner_close()
+            finally:
+                finish()
+
+        try:
+            result.close = close  # type: ignore[attr-defined]
+            return result
+        except (AttributeError, TypeError):
+            pass  # a wrapper with __slots__: wrap it like any iterable
+    if hasattr(result, "__len__"):
+        return _SizedResponse(result, finish)
+    return _Response(result, finish)
+
+
 class WSGIMiddleware:
     """Counts, times and tracks in flight every request of a WSGI app.
 
@@ -91,11 +161,15 @@ class WSGIMiddleware:
     ) -> None:
         from .exposition import _resolve
 
+        if not callable(app):
+            raise TypeError(f"app must be the WSGI application to wrap (a callable), "
+                            f"got {type(app).__name__}")
         self.app = app
         self.metrics = _resolve(metrics)
         if operation is not None and not callable(operation):
             raise TypeError("operation must be a callable taking the environ")
         self._operation = operation
+        _watch_flask()
         self._policy = LabelPolicy(self.metrics, exclude_paths, max_series)
         self._http: Optional[HttpState] = self.metrics.http
         # Set only when exemplars can be recorded (see docs/http.md); else no cost.
@@ -154,4 +228,4 @@ class WSGIMiddleware:
                 trace[0] = current_trace_id()
             finish()
             raise
-        return _Response(result, finish)
+        return _wrap(result, environ, finish)

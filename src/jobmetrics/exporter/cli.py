@@ -16,11 +16,13 @@ import sys
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .. import __version__
+from ..exposition import _display, _serve, metrics_app
 from .client import check_redis_url
 from .collector import RedisExporter
 from .layouts import LAYOUTS
@@ -43,6 +45,7 @@ ENV: Dict[str, str] = {
     "max_queues": "JOBMETRICS_EXPORTER_MAX_QUEUES",
     "scheduled_total": "JOBMETRICS_EXPORTER_SCHEDULED_TOTAL",
     "log_level": "JOBMETRICS_EXPORTER_LOG_LEVEL",
+    "web_config_file": "JOBMETRICS_EXPORTER_WEB_CONFIG_FILE",
 }
 
 DEFAULT_PORT = 9400
@@ -174,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
                    default=_env("scheduled_total", _bool, False),
                    help="also emit Harbor's name <namespace>_task_scheduled_total (a gauge "
                    f"promtool rejects) [{ENV['scheduled_total']}]")
+    p.add_argument("--web-config-file", default=_env("web_config_file", str, None),
+                   metavar="FILE",
+                   help="TLS and basic auth from a Prometheus exporter-toolkit web config "
+                   f"file (see docs/exposition.md) [{ENV['web_config_file']}]")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--log-level", type=_log_level, default=_env("log_level", _log_level, "INFO"),
                    help=f"{', '.join(_LEVELS)} (default INFO) [{ENV['log_level']}]")
     return p
@@ -213,14 +221,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     try:
-        server, _ = start_http_server(args.port, addr=args.addr, registry=registry)
-    except OSError as exc:
-        print(f"jobmetrics-exporter: error: cannot listen on {args.addr}:{args.port}: {exc}",
-              file=sys.stderr)
-        return 1
+        server, _ = _serve(metrics_app(registry, ("/metrics", "/")), args.port, args.addr,
+                           web_config_file=args.web_config_file, name="jobmetrics-exporter")
+    except (OSError, ValueError, ImportError) as exc:
+        exporter.close()
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"jobmetrics-exporter: error: {message}", file=sys.stderr)
+        return 2
     logger.info(
-        "jobmetrics exporter: serving http://%s:%s/metrics, layout %s, reading %s",
-        args.addr, server.server_port, args.layout, _redacted(args.redis_url),
+        "jobmetrics exporter: serving %s://%s/metrics, layout %s, reading %s",
+        "https" if server.web and server.web.current().ssl_context else "http",
+        _display(args.addr, server.server_port), args.layout, _redacted(args.redis_url),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
