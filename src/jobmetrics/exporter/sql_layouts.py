@@ -1,0 +1,347 @@
+"""Where job systems keep their jobs in PostgreSQL, and how to read them in bounded work.
+
+A :class:`SqlLayout` turns two statements per scrape into a
+:class:`~jobmetrics.exporter.layouts.Reading`:
+
+- the **active** statement groups the jobs that are not finished (waiting, running,
+  scheduled) by queue, at most ``max_queues`` groups: its cost follows the jobs in
+  flight, never the history;
+- the **tail** statement reads the finished jobs whose key (an ``id`` or an end time)
+  passes a cursor, at most ``max_rows`` of them, ordered by that key; the cursor is
+  written into the statement as a literal, so the planner walks the key's index from
+  there. ``<ns>_task_finished_total`` starts at 0 when the exporter starts and grows by
+  what the tail reads; the history before the cursor is never read again.
+
+Meanings, the same in every layout: ``queue_size`` counts jobs ready to run now (a job
+due later is in ``scheduled``); ``queue_latency`` is the age of the oldest ready job, by
+the database's clock, never negative; an empty queue reports 0; ``status`` of
+``finished_total`` is ``success``, ``fail`` (an attempt that will be retried included) or
+``stop``. Each layout was checked against the job system's own schema and client; see
+docs/exporter.md for the tables, the statements and the indexes that keep them cheap.
+
+A layout is a small class: give :meth:`SqlLayout.active_sql`, :meth:`SqlLayout.tail_sql`
+and :meth:`SqlLayout.tail_start_sql` to read tables of your own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import (
+    Any,
+    ClassVar,
+    Deque,
+    Dict,
+    Hashable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+from .layouts import Labels, Layout, Reading
+
+__all__ = [
+    "SQL_LAYOUTS",
+    "HarborTablesLayout",
+    "SqlLayout",
+    "Tail",
+    "make_sql_layout",
+]
+
+OVERFLOW = "overflow"
+
+
+def _sql() -> Any:
+    try:
+        from psycopg import sql
+    except ImportError:
+        raise ImportError(
+            "the PostgreSQL store needs psycopg 3: pip install 'jobmetrics[postgres]'"
+        ) from None
+    return sql
+
+
+class Tail:
+    """A cursor over rows that keep arriving in the order of a key, and what they counted.
+
+    Rows become visible in commit order, not key order: a row whose id (or end time) was
+    taken just before the cursor moved can commit just after. So each read starts from
+    the cursor as it was ``settle_seconds`` ago and skips the rows it has already
+    counted (remembered while they are inside that window): a row committed up to
+    ``settle_seconds`` late is still counted once. A read returns at most ``max_rows``
+    rows; when one returns that many, the next starts at the cursor itself to catch up.
+
+    The first read only sets the cursor (the key's maximum then): what finished before
+    the exporter started is not counted.
+    """
+
+    def __init__(self, settle_seconds: float = 10.0, max_rows: int = 10_000) -> None:
+        self.settle_seconds = settle_seconds
+        self.max_rows = max_rows
+        self.started = False
+        self.cursor: Any = None  # the greatest key read (None: no row yet)
+        self._floor: Any = None  # the key's maximum when the tail started
+        self._history: Deque[Tuple[float, Any]] = deque()  # (monotonic, cursor) per read
+        self._seen: Dict[Hashable, Any] = {}  # row identity -> key, inside the window
+        self._behind = False
+        self.counts: Dict[Labels, float] = {}
+
+    def start(self, floor: Any) -> None:
+        """Begin after ``floor`` (the key's maximum now; None for an empty table)."""
+        self.started = True
+        self.cursor = self._floor = floor
+
+    def bound(self, now: Optional[float] = None) -> Tuple[Any, bool]:
+        """``(key, strict)``: read the rows with a key above (``strict``) or from ``key``.
+
+        ``key`` None means from the first row.
+        """
+        if self._behind:
+            return self.cursor, False
+        return self._settled(time.monotonic() if now is None else now)
+
+    def _settled(self, now: float) -> Tuple[Any, bool]:
+        """The start of a read that re-checks the last ``settle_seconds``."""
+        low: Any = self._floor
+        for at, cursor in self._history:
+            if at > now - self.settle_seconds:
+                break
+            low = cursor
+        if low is None or (self._floor is not None and low <= self._floor):
+            return self._floor, True
+        return low, False
+
+    def take(
+        self,
+        rows: Sequence[Tuple[Hashable, Any, Labels]],
+        now: Optional[float] = None,
+    ) -> int:
+        """Count the ``(identity, key, labels)`` rows a read returned; returns the new ones."""
+        now = time.monotonic() if now is None else now
+        new = 0
+        for ident, key, labels in rows:
+            if ident in self._seen:
+                continue
+            self._seen[ident] = key
+            self.counts[labels] = self.counts.get(labels, 0.0) + 1.0
+            new += 1
+            if self.cursor is None or key > self.cursor:
+                self.cursor = key
+        self._behind = len(rows) >= self.max_rows
+        self._history.append((now, self.cursor))
+        # Keep one entry older than the window: it is the next read's start.
+        while len(self._history) > 1 and self._history[1][0] <= now - self.settle_seconds:
+            self._history.popleft()
+        # Forget only what no later read can return again.
+        low, _ = self._settled(now)
+        if low is not None:
+            self._seen = {i: k for i, k in self._seen.items() if k >= low}
+        return new
+
+
+class SqlLayout(Layout):
+    """How one job system keeps its jobs in PostgreSQL; subclasses give the statements.
+
+    ``queues`` fixes the queues (job types for ``harbor``) to read; when empty every queue
+    with jobs is read, at most ``max_queues`` of them (later ones in the finished counter
+    fold into ``queue="overflow"``). Tables are found through the connection's
+    ``search_path`` (``?options=-csearch_path%3Dmyschema`` in the URL for another schema).
+    """
+
+    concurrency_labels: Optional[Labels] = None
+    scheduled_labels: Optional[Labels] = None
+    finished_labels: Optional[Labels] = None
+    #: Seconds a row may commit after its key was taken and still be counted (see Tail).
+    settle_seconds = 10.0
+    #: Most finished rows read per scrape; a larger backlog is read over several scrapes.
+    max_rows = 10_000
+    #: Raw status -> ``success`` / ``fail`` / ``stop``, for the tail's statuses.
+    statuses: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+    ) -> None:
+        if key_prefix is not None:
+            raise ValueError(
+                f"key_prefix is for the Redis layouts; the {self.name} layout finds its "
+                "tables through the URL's search_path (?options=-csearch_path%3Dschema)"
+            )
+        super().__init__(None, queues, max_queues)
+        self.tail = Tail(self.settle_seconds, self.max_rows)
+        self._known: Dict[str, None] = dict.fromkeys(self.queues)
+
+    # -- statements, given by each layout ----------------------------------------------
+
+    def active_sql(self) -> Any:
+        """Rows ``(queue, ready, latency seconds or NULL, running, scheduled)``, one per queue."""
+        raise NotImplementedError
+
+    def tail_start_sql(self) -> Any:
+        """One row, one column: the tail key's greatest value now (NULL when none)."""
+        raise NotImplementedError
+
+    def tail_sql(self, condition: Any) -> Any:
+        """Rows ``(identity, key, queue, raw status)`` where ``condition`` holds on the key,
+        ordered by the key, at most :attr:`max_rows`."""
+        raise NotImplementedError
+
+    # -- helpers for the statements ----------------------------------------------------
+
+    def queue_filter(self, column: str) -> Any:
+        """``AND <column> = ANY(<queues>)`` when ``queues`` was given, else nothing."""
+        sql = _sql()
+        if not self.queues:
+            return sql.SQL("")
+        return sql.SQL(" AND {} = ANY({}::text[])").format(
+            sql.SQL(column), sql.Literal(list(self.queues))
+        )
+
+    @staticmethod
+    def key_condition(column: str, key: Any, strict: bool) -> Any:
+        """``<column> > <key literal>`` (or ``>=``); ``TRUE`` for no key."""
+        sql = _sql()
+        if key is None:
+            return sql.SQL("{} IS NOT NULL").format(sql.SQL(column))
+        op = ">" if strict else ">="
+        return sql.SQL("{} {} {}").format(sql.SQL(column), sql.SQL(op), sql.Literal(key))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _remember(self, queue: str) -> str:
+        if queue in self._known:
+            return queue
+        if len(self._known) >= self.max_queues:
+            return OVERFLOW
+        self._known[queue] = None
+        return queue
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Both statements through ``client`` (a psycopg 3 connection), as one Reading."""
+        out = Reading()
+        rows = client.execute(self.active_sql()).fetchall()
+        out.commands += 1
+        for queue, ready, latency, running, scheduled in rows:
+            queue = self._remember(str(queue))
+            if queue == OVERFLOW:
+                continue
+            out.queue_size[queue] = float(ready)
+            out.queue_latency[queue] = max(0.0, float(latency)) if ready and latency else 0.0
+            if self.concurrency_labels is not None:
+                out.concurrency[(queue,)] = float(running)
+            if self.scheduled_labels is not None:
+                out.scheduled[(queue,)] = float(scheduled)
+        if self.finished_labels is not None:
+            out.commands += self._read_tail(client, now)
+            out.finished = dict(self.tail.counts)
+        for queue in self._known:
+            # A queue seen before (or named in queues) with nothing in flight: 0, not absent.
+            out.queue_size.setdefault(queue, 0.0)
+            out.queue_latency.setdefault(queue, 0.0)
+            if self.concurrency_labels is not None:
+                out.concurrency.setdefault((queue,), 0.0)
+            if self.scheduled_labels is not None:
+                out.scheduled.setdefault((queue,), 0.0)
+            if self.finished_labels is not None:
+                # Every counter exists from the start, so rate() sees its first increase.
+                for status in sorted(set(self.statuses.values())):
+                    out.finished.setdefault((queue, status), 0.0)
+        return out
+
+    def _read_tail(self, client: Any, now: Optional[float]) -> int:
+        if not self.tail.started:
+            (floor,) = client.execute(self.tail_start_sql()).fetchone()
+            self.tail.start(floor)
+            return 1
+        low, strict = self.tail.bound(now)
+        rows = client.execute(self.tail_sql(self.tail_condition(low, strict))).fetchall()
+        counted: List[Tuple[Hashable, Any, Labels]] = []
+        for ident, key, queue, status in rows:
+            mapped = self.statuses.get(str(status))
+            if mapped is not None:
+                counted.append((ident, key, (self._remember(str(queue)), mapped)))
+        self.tail.take(counted, now)
+        return 1
+
+    def tail_condition(self, key: Any, strict: bool) -> Any:
+        """The condition on the tail key handed to :meth:`tail_sql`."""
+        raise NotImplementedError
+
+
+class HarborTablesLayout(SqlLayout):
+    """Harbor's ``task`` table (core's execution/task model), one queue per job type.
+
+    A task is created ``Pending`` when core submits it to jobservice, becomes ``Running``
+    (or ``Scheduled``) by jobservice's status hooks, and ends ``Success``, ``Error`` or
+    ``Stopped`` with ``end_time`` set. ``vendor_type`` is the job type. The times are
+    ``timestamp`` without time zone, read as UTC (Harbor's containers and database run in
+    UTC).
+    """
+
+    name = "harbor"
+    queue_label = "type"
+    concurrency_labels = ("type",)
+    scheduled_labels = ("type",)
+    finished_labels = ("type", "status")
+    statuses: ClassVar[Mapping[str, str]] = {
+        "Success": "success", "Error": "fail", "Stopped": "stop",
+    }
+
+    def active_sql(self) -> Any:
+        """Pending (ready), Running and Scheduled tasks per ``vendor_type``."""
+        sql = _sql()
+        return sql.SQL(
+            "SELECT vendor_type,"
+            " count(*) FILTER (WHERE status = 'Pending'),"
+            " EXTRACT(EPOCH FROM (now() AT TIME ZONE 'UTC')"
+            " - min(creation_time) FILTER (WHERE status = 'Pending'))::float8,"
+            " count(*) FILTER (WHERE status = 'Running'),"
+            " count(*) FILTER (WHERE status = 'Scheduled')"
+            " FROM task WHERE status IN ('Pending', 'Running', 'Scheduled'){}"
+            " GROUP BY vendor_type ORDER BY vendor_type LIMIT {}"
+        ).format(self.queue_filter("vendor_type"), sql.Literal(self.max_queues))
+
+    def tail_start_sql(self) -> Any:
+        """The latest ``end_time`` of a finished task."""
+        return _sql().SQL(
+            "SELECT max(end_time) FROM task WHERE status IN ('Success', 'Error', 'Stopped')"
+        )
+
+    def tail_condition(self, key: Any, strict: bool) -> Any:
+        """On ``end_time``."""
+        return self.key_condition("end_time", key, strict)
+
+    def tail_sql(self, condition: Any) -> Any:
+        """Finished tasks by ``end_time``; a task run again and finished again counts again."""
+        sql = _sql()
+        return sql.SQL(
+            "SELECT ROW(id, end_time)::text, end_time, vendor_type, status FROM task"
+            " WHERE status IN ('Success', 'Error', 'Stopped') AND {}{}"
+            " ORDER BY end_time LIMIT {}"
+        ).format(condition, self.queue_filter("vendor_type"), sql.Literal(self.max_rows))
+
+
+#: SQL layouts by ``--layout`` name.
+SQL_LAYOUTS: Dict[str, type] = {cls.name: cls for cls in (HarborTablesLayout,)}
+
+
+def make_sql_layout(
+    name: str,
+    key_prefix: Optional[str] = None,
+    queues: Sequence[str] = (),
+    max_queues: int = 500,
+) -> SqlLayout:
+    """The SQL layout called ``name`` (``harbor``, ``procrastinate``, ``pgqueuer``,
+    ``django-q2``)."""
+    try:
+        cls = SQL_LAYOUTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"layout={name!r} is not a PostgreSQL layout: choose one of {', '.join(SQL_LAYOUTS)}"
+        ) from None
+    layout: SqlLayout = cls(key_prefix=key_prefix, queues=queues, max_queues=max_queues)
+    return layout
