@@ -113,6 +113,8 @@ PG = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:5432/db"
         (["--url", "http://h/x"], {}, "--url='http://h/x' must start with postgresql://"),
         ([], {ENV["url"]: "mysql://h/x"}, "JOBMETRICS_EXPORTER_URL='mysql://h/x' must start"),
         (["--url", PG, "--layout", "rq"], {}, "layout='rq' is not a PostgreSQL layout"),
+        (["--url", "redis://127.0.0.1:6379/0", "--layout", "procrastinate"], {},
+         "layout='procrastinate' is not a known layout"),
         (["--url", PG, "--redis-url", "redis://h:6379/0"], {}, "give --url or --redis-url"),
         (["--url", PG, "--key-prefix", "x"], {}, "--key-prefix is for Redis"),
         (["--url", PG + "?bogus=1"], {}, 'invalid URI query parameter: "bogus"'),

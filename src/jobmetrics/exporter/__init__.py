@@ -28,6 +28,8 @@ from .postgres import PostgresExporter
 from .sql_layouts import (
     SQL_LAYOUTS,
     HarborTablesLayout,
+    PgQueuerLayout,
+    ProcrastinateLayout,
     SqlLayout,
     Tail,
     make_sql_layout,
@@ -42,7 +44,9 @@ __all__ = [
     "HarborLayout",
     "HarborTablesLayout",
     "Layout",
+    "PgQueuerLayout",
     "PostgresExporter",
+    "ProcrastinateLayout",
     "RQLayout",
     "Reading",
     "RedisExporter",

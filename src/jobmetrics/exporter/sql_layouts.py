@@ -45,6 +45,8 @@ from .layouts import Labels, Layout, Reading
 __all__ = [
     "SQL_LAYOUTS",
     "HarborTablesLayout",
+    "PgQueuerLayout",
+    "ProcrastinateLayout",
     "SqlLayout",
     "Tail",
     "make_sql_layout",
@@ -325,8 +327,132 @@ class HarborTablesLayout(SqlLayout):
         ).format(condition, self.queue_filter("vendor_type"), sql.Literal(self.max_rows))
 
 
+_PROCRASTINATE_READY = "status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())"
+
+
+class ProcrastinateLayout(SqlLayout):
+    """Procrastinate's ``procrastinate_jobs`` and ``procrastinate_events`` (by queue).
+
+    A deferred job is ``todo`` (due now, or at ``scheduled_at``), a worker makes it
+    ``doing``; each status change is an event row (trigger-written, ``bigserial`` id).
+    The finished counter tails the events: ``succeeded`` is success, ``failed`` and
+    ``deferred_for_retry`` (a failed attempt that will be retried) are fail,
+    ``cancelled`` and ``aborted`` are stop.
+    """
+
+    name = "procrastinate"
+    queue_label = "queue"
+    concurrency_labels = ("queue",)
+    scheduled_labels = ("queue",)
+    finished_labels = ("queue", "status")
+    statuses: ClassVar[Mapping[str, str]] = {
+        "succeeded": "success", "failed": "fail", "deferred_for_retry": "fail",
+        "cancelled": "stop", "aborted": "stop",
+    }
+
+    def active_sql(self) -> Any:
+        """``todo``/``doing`` per queue; the latency of the oldest ready job by ``min(id)``,
+        from when it became due (its ``scheduled_at``, or its last deferred event)."""
+        sql = _sql()
+        return sql.SQL(
+            "WITH q AS (SELECT queue_name,"
+            " count(*) FILTER (WHERE {ready}) AS ready,"
+            " min(id) FILTER (WHERE {ready}) AS oldest,"
+            " count(*) FILTER (WHERE status = 'doing') AS running,"
+            " count(*) FILTER (WHERE status = 'todo' AND scheduled_at > now()) AS later"
+            " FROM procrastinate_jobs WHERE status IN ('todo', 'doing'){filter}"
+            " GROUP BY queue_name ORDER BY queue_name LIMIT {limit})"
+            " SELECT q.queue_name, q.ready,"
+            " (SELECT EXTRACT(EPOCH FROM now() - GREATEST(j.scheduled_at,"
+            " (SELECT max(e.at) FROM procrastinate_events e WHERE e.job_id = j.id"
+            " AND e.type IN ('deferred', 'deferred_for_retry', 'retried'))))::float8"
+            " FROM procrastinate_jobs j WHERE j.id = q.oldest),"
+            " q.running, q.later FROM q ORDER BY q.queue_name"
+        ).format(
+            ready=sql.SQL(_PROCRASTINATE_READY), filter=self.queue_filter("queue_name"),
+            limit=sql.Literal(self.max_queues),
+        )
+
+    def tail_start_sql(self) -> Any:
+        """The last event id."""
+        return _sql().SQL("SELECT max(id) FROM procrastinate_events")
+
+    def tail_condition(self, key: Any, strict: bool) -> Any:
+        """On the event id."""
+        return self.key_condition("e.id", key, strict)
+
+    def tail_sql(self, condition: Any) -> Any:
+        """Final events by id, with their job's queue."""
+        sql = _sql()
+        types = sql.SQL(", ").join(sql.Literal(t) for t in self.statuses)
+        return sql.SQL(
+            "SELECT e.id, e.id, j.queue_name, e.type::text FROM procrastinate_events e"
+            " JOIN procrastinate_jobs j ON j.id = e.job_id"
+            " WHERE e.type IN ({}) AND {}{} ORDER BY e.id LIMIT {}"
+        ).format(types, condition, self.queue_filter("j.queue_name"),
+                 sql.Literal(self.max_rows))
+
+
+class PgQueuerLayout(SqlLayout):
+    """pgqueuer's ``pgqueuer`` (jobs in flight) and ``pgqueuer_log`` (by entrypoint).
+
+    An enqueued job is ``queued`` (due at ``execute_after``), a queue manager makes it
+    ``picked``; when it ends the row leaves ``pgqueuer`` (or stays ``failed`` when its
+    entrypoint holds failures) and ``pgqueuer_log`` gets a row (``bigserial`` id):
+    ``successful`` is success, ``exception`` and ``failed`` are fail, ``canceled`` and
+    ``deleted`` are stop. The entrypoint is the ``queue`` label.
+    """
+
+    name = "pgqueuer"
+    queue_label = "queue"
+    concurrency_labels = ("queue",)
+    scheduled_labels = ("queue",)
+    finished_labels = ("queue", "status")
+    statuses: ClassVar[Mapping[str, str]] = {
+        "successful": "success", "exception": "fail", "failed": "fail",
+        "canceled": "stop", "deleted": "stop",
+    }
+
+    def active_sql(self) -> Any:
+        """``queued``/``picked`` per entrypoint; latency from when the oldest ready job
+        became due (``created``, or a later ``execute_after``)."""
+        sql = _sql()
+        ready = sql.SQL("status = 'queued' AND execute_after <= now()")
+        return sql.SQL(
+            "SELECT entrypoint,"
+            " count(*) FILTER (WHERE {ready}),"
+            " EXTRACT(EPOCH FROM now() - min(GREATEST(created, execute_after))"
+            " FILTER (WHERE {ready}))::float8,"
+            " count(*) FILTER (WHERE status = 'picked'),"
+            " count(*) FILTER (WHERE status = 'queued' AND execute_after > now())"
+            " FROM pgqueuer WHERE status IN ('queued', 'picked'){filter}"
+            " GROUP BY entrypoint ORDER BY entrypoint LIMIT {limit}"
+        ).format(ready=ready, filter=self.queue_filter("entrypoint"),
+                 limit=sql.Literal(self.max_queues))
+
+    def tail_start_sql(self) -> Any:
+        """The last log id."""
+        return _sql().SQL("SELECT max(id) FROM pgqueuer_log")
+
+    def tail_condition(self, key: Any, strict: bool) -> Any:
+        """On the log id."""
+        return self.key_condition("id", key, strict)
+
+    def tail_sql(self, condition: Any) -> Any:
+        """Final log rows by id."""
+        sql = _sql()
+        statuses = sql.SQL(", ").join(sql.Literal(t) for t in self.statuses)
+        return sql.SQL(
+            "SELECT id, id, entrypoint, status::text FROM pgqueuer_log"
+            " WHERE status IN ({}) AND {}{} ORDER BY id LIMIT {}"
+        ).format(statuses, condition, self.queue_filter("entrypoint"),
+                 sql.Literal(self.max_rows))
+
+
 #: SQL layouts by ``--layout`` name.
-SQL_LAYOUTS: Dict[str, type] = {cls.name: cls for cls in (HarborTablesLayout,)}
+SQL_LAYOUTS: Dict[str, type] = {
+    cls.name: cls for cls in (HarborTablesLayout, ProcrastinateLayout, PgQueuerLayout)
+}
 
 
 def make_sql_layout(
