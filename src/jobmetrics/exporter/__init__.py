@@ -27,6 +27,7 @@ from .layouts import (
 from .postgres import PostgresExporter
 from .sql_layouts import (
     SQL_LAYOUTS,
+    DjangoQLayout,
     HarborTablesLayout,
     PgQueuerLayout,
     ProcrastinateLayout,
@@ -41,6 +42,7 @@ __all__ = [
     "LAYOUTS",
     "SQL_LAYOUTS",
     "CeleryLayout",
+    "DjangoQLayout",
     "HarborLayout",
     "HarborTablesLayout",
     "Layout",

@@ -44,6 +44,7 @@ from .layouts import Labels, Layout, Reading
 
 __all__ = [
     "SQL_LAYOUTS",
+    "DjangoQLayout",
     "HarborTablesLayout",
     "PgQueuerLayout",
     "ProcrastinateLayout",
@@ -449,9 +450,60 @@ class PgQueuerLayout(SqlLayout):
                  sql.Literal(self.max_rows))
 
 
+class DjangoQLayout(SqlLayout):
+    """django-q2 with its ORM broker: ``django_q_ormq`` and ``django_q_task`` (by cluster).
+
+    ``async_task`` inserts an ``OrmQ`` row whose ``key`` is the cluster name and whose
+    ``lock`` is the enqueue time; a cluster's pusher takes it by moving ``lock`` to
+    now + ``retry`` seconds, and deletes it once the result is saved. So a row whose
+    ``lock`` has passed is waiting (a task whose worker died waits again once its lock
+    expires), one whose ``lock`` is ahead is in flight. Results land in
+    ``django_q_task`` with ``stopped`` and ``success``: the tail reads them by
+    ``stopped``; a failed task run again and stopped again counts again. The ORM broker
+    has no delayed tasks (schedules live in ``django_q_schedule``), so no ``scheduled``.
+    """
+
+    name = "django-q2"
+    queue_label = "queue"
+    concurrency_labels = ("queue",)
+    finished_labels = ("queue", "status")
+    statuses: ClassVar[Mapping[str, str]] = {"true": "success", "false": "fail"}
+
+    def active_sql(self) -> Any:
+        """Waiting (``lock <= now()``) and in-flight rows per ``key``."""
+        sql = _sql()
+        return sql.SQL(
+            "SELECT key,"
+            " count(*) FILTER (WHERE lock <= now()),"
+            " EXTRACT(EPOCH FROM now() - min(lock) FILTER (WHERE lock <= now()))::float8,"
+            " count(*) FILTER (WHERE lock > now()),"
+            " 0"
+            " FROM django_q_ormq WHERE TRUE{}"
+            " GROUP BY key ORDER BY key LIMIT {}"
+        ).format(self.queue_filter("key"), sql.Literal(self.max_queues))
+
+    def tail_start_sql(self) -> Any:
+        """The latest ``stopped``."""
+        return _sql().SQL("SELECT max(stopped) FROM django_q_task")
+
+    def tail_condition(self, key: Any, strict: bool) -> Any:
+        """On ``stopped``."""
+        return self.key_condition("stopped", key, strict)
+
+    def tail_sql(self, condition: Any) -> Any:
+        """Results by ``stopped``, labelled by the cluster that ran them."""
+        sql = _sql()
+        return sql.SQL(
+            "SELECT ROW(id, stopped)::text, stopped, COALESCE(cluster, ''),"
+            " CASE WHEN success THEN 'true' ELSE 'false' END FROM django_q_task"
+            " WHERE {}{} ORDER BY stopped LIMIT {}"
+        ).format(condition, self.queue_filter("cluster"), sql.Literal(self.max_rows))
+
+
 #: SQL layouts by ``--layout`` name.
 SQL_LAYOUTS: Dict[str, type] = {
-    cls.name: cls for cls in (HarborTablesLayout, ProcrastinateLayout, PgQueuerLayout)
+    cls.name: cls
+    for cls in (HarborTablesLayout, ProcrastinateLayout, PgQueuerLayout, DjangoQLayout)
 }
 
 
