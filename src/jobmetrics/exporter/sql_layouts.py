@@ -19,8 +19,8 @@ the database's clock, never negative; an empty queue reports 0; ``status`` of
 ``stop``. Each layout was checked against the job system's own schema and client; see
 docs/exporter.md for the tables, the statements and the indexes that keep them cheap.
 
-A layout is a small class: give :meth:`SqlLayout.active_sql`, :meth:`SqlLayout.tail_sql`
-and :meth:`SqlLayout.tail_start_sql` to read tables of your own.
+A layout is a small class: give :meth:`SqlLayout.active_sql`, :meth:`SqlLayout.tail_sql`,
+:meth:`SqlLayout.tail_start_sql` and :attr:`SqlLayout.tail_key` to read tables of your own.
 """
 
 from __future__ import annotations
@@ -118,20 +118,22 @@ class Tail:
 
     def take(
         self,
-        rows: Sequence[Tuple[Hashable, Any, Labels]],
+        rows: Sequence[Tuple[Hashable, Any, Optional[Labels]]],
         now: Optional[float] = None,
     ) -> int:
-        """Count the ``(identity, key, labels)`` rows a read returned; returns the new ones."""
+        """Count the ``(identity, key, labels)`` rows a read returned (labels None: pass the
+        row without counting it); returns how many were counted."""
         now = time.monotonic() if now is None else now
         new = 0
         for ident, key, labels in rows:
             if ident in self._seen:
                 continue
             self._seen[ident] = key
-            self.counts[labels] = self.counts.get(labels, 0.0) + 1.0
-            new += 1
             if self.cursor is None or key > self.cursor:
                 self.cursor = key
+            if labels is not None:
+                self.counts[labels] = self.counts.get(labels, 0.0) + 1.0
+                new += 1
         self._behind = len(rows) >= self.max_rows
         self._history.append((now, self.cursor))
         # Keep one entry older than the window: it is the next read's start.
@@ -160,6 +162,8 @@ class SqlLayout(Layout):
     settle_seconds = 10.0
     #: Most finished rows read per scrape; a larger backlog is read over several scrapes.
     max_rows = 10_000
+    #: The column the tail follows (an id or an end time), as :meth:`tail_sql` names it.
+    tail_key = "id"
     #: Raw status -> ``success`` / ``fail`` / ``stop``, for the tail's statuses.
     statuses: ClassVar[Mapping[str, str]] = {}
 
@@ -206,7 +210,7 @@ class SqlLayout(Layout):
 
     @staticmethod
     def key_condition(column: str, key: Any, strict: bool) -> Any:
-        """``<column> > <key literal>`` (or ``>=``); ``TRUE`` for no key."""
+        """``<column> > <key literal>`` (or ``>=``); every row with a key for no key."""
         sql = _sql()
         if key is None:
             return sql.SQL("{} IS NOT NULL").format(sql.SQL(column))
@@ -262,17 +266,17 @@ class SqlLayout(Layout):
             return 1
         low, strict = self.tail.bound(now)
         rows = client.execute(self.tail_sql(self.tail_condition(low, strict))).fetchall()
-        counted: List[Tuple[Hashable, Any, Labels]] = []
+        counted: List[Tuple[Hashable, Any, Optional[Labels]]] = []
         for ident, key, queue, status in rows:
             mapped = self.statuses.get(str(status))
-            if mapped is not None:
-                counted.append((ident, key, (self._remember(str(queue)), mapped)))
+            labels = None if mapped is None else (self._remember(str(queue)), mapped)
+            counted.append((ident, key, labels))
         self.tail.take(counted, now)
         return 1
 
     def tail_condition(self, key: Any, strict: bool) -> Any:
-        """The condition on the tail key handed to :meth:`tail_sql`."""
-        raise NotImplementedError
+        """The condition on :attr:`tail_key` handed to :meth:`tail_sql`."""
+        return self.key_condition(self.tail_key, key, strict)
 
 
 class HarborTablesLayout(SqlLayout):
@@ -290,6 +294,7 @@ class HarborTablesLayout(SqlLayout):
     concurrency_labels = ("type",)
     scheduled_labels = ("type",)
     finished_labels = ("type", "status")
+    tail_key = "end_time"
     statuses: ClassVar[Mapping[str, str]] = {
         "Success": "success", "Error": "fail", "Stopped": "stop",
     }
@@ -314,9 +319,6 @@ class HarborTablesLayout(SqlLayout):
             "SELECT max(end_time) FROM task WHERE status IN ('Success', 'Error', 'Stopped')"
         )
 
-    def tail_condition(self, key: Any, strict: bool) -> Any:
-        """On ``end_time``."""
-        return self.key_condition("end_time", key, strict)
 
     def tail_sql(self, condition: Any) -> Any:
         """Finished tasks by ``end_time``; a task run again and finished again counts again."""
@@ -346,6 +348,7 @@ class ProcrastinateLayout(SqlLayout):
     concurrency_labels = ("queue",)
     scheduled_labels = ("queue",)
     finished_labels = ("queue", "status")
+    tail_key = "e.id"
     statuses: ClassVar[Mapping[str, str]] = {
         "succeeded": "success", "failed": "fail", "deferred_for_retry": "fail",
         "cancelled": "stop", "aborted": "stop",
@@ -378,9 +381,6 @@ class ProcrastinateLayout(SqlLayout):
         """The last event id."""
         return _sql().SQL("SELECT max(id) FROM procrastinate_events")
 
-    def tail_condition(self, key: Any, strict: bool) -> Any:
-        """On the event id."""
-        return self.key_condition("e.id", key, strict)
 
     def tail_sql(self, condition: Any) -> Any:
         """Final events by id, with their job's queue."""
@@ -435,9 +435,6 @@ class PgQueuerLayout(SqlLayout):
         """The last log id."""
         return _sql().SQL("SELECT max(id) FROM pgqueuer_log")
 
-    def tail_condition(self, key: Any, strict: bool) -> Any:
-        """On the log id."""
-        return self.key_condition("id", key, strict)
 
     def tail_sql(self, condition: Any) -> Any:
         """Final log rows by id."""
@@ -467,6 +464,7 @@ class DjangoQLayout(SqlLayout):
     queue_label = "queue"
     concurrency_labels = ("queue",)
     finished_labels = ("queue", "status")
+    tail_key = "stopped"
     statuses: ClassVar[Mapping[str, str]] = {"true": "success", "false": "fail"}
 
     def active_sql(self) -> Any:
@@ -486,15 +484,12 @@ class DjangoQLayout(SqlLayout):
         """The latest ``stopped``."""
         return _sql().SQL("SELECT max(stopped) FROM django_q_task")
 
-    def tail_condition(self, key: Any, strict: bool) -> Any:
-        """On ``stopped``."""
-        return self.key_condition("stopped", key, strict)
 
     def tail_sql(self, condition: Any) -> Any:
         """Results by ``stopped``, labelled by the cluster that ran them."""
         sql = _sql()
         return sql.SQL(
-            "SELECT ROW(id, stopped)::text, stopped, COALESCE(cluster, ''),"
+            "SELECT ROW(id, stopped)::text, stopped, COALESCE(cluster, 'unknown'),"
             " CASE WHEN success THEN 'true' ELSE 'false' END FROM django_q_task"
             " WHERE {}{} ORDER BY stopped LIMIT {}"
         ).format(condition, self.queue_filter("cluster"), sql.Literal(self.max_rows))
