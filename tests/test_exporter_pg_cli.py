@@ -131,4 +131,5 @@ def test_bad_option_is_one_line_and_exit_2(
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert PASSWORD not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("jobmetrics-exporter: error: ")
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line
+    assert proc.stderr.startswith("jobmetrics-exporter: error: ")

@@ -8,11 +8,13 @@ import time
 from collections.abc import Iterator
 from typing import Any, Dict
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from harbor_tables import DDL, INDEXES, create_task, execution, past, run_task, update_status
 from jobmetrics.exporter import HarborTablesLayout, PostgresExporter
+from jobmetrics.exporter.postgres import postgres_connect
 from pg_support import PASSWORD, PostgresServer
 from promcheck import promtool_check, samples, scrape, value
 
@@ -321,3 +323,44 @@ def test_nothing_is_read_before_a_scrape(
     while sessions() != before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sessions() == before
+
+
+def test_missing_database_then_created_recovers(
+    pg_server: PostgresServer, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pg_server.connect() as c:
+        c.execute('DROP DATABASE IF EXISTS "harbor_later"')
+    PostgresExporter(pg_server.url("harbor_later"), timeout=2, registry=registry)
+    assert value(registry, "harbor_task_exporter_up") == 0
+    assert 'database "harbor_later" does not exist' in caplog.text
+    db = pg_server.new_database("harbor_later")
+    with pg_server.connect(db) as c:
+        c.execute(DDL)
+        run_task(c, execution(c, "GC"), "GC", None)
+    assert value(registry, "harbor_task_concurrency", type="GC") == 1
+    assert value(registry, "harbor_task_exporter_up") == 1
+
+
+def test_layout_of_other_tables_is_a_failed_read_naming_them(
+    pg_server: PostgresServer, harbor_db: str, registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter(pg_server, harbor_db, registry, layout="pgqueuer")
+    got = samples(scrape(registry))
+    assert got[("harbor_task_exporter_up", ())] == 0
+    assert got[("harbor_task_exporter_read_errors_total", ())] == 1
+    assert 'relation "pgqueuer" does not exist' in caplog.text
+
+
+def test_session_is_read_only_with_the_statement_timeout(
+    pg_server: PostgresServer, harbor_db: str
+) -> None:
+    with postgres_connect(pg_server.url(harbor_db), timeout=1.5) as c:
+        assert c.execute("SHOW statement_timeout").fetchone() == ("1500ms",)
+        assert c.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert c.execute("SELECT current_setting('application_name')").fetchone() == (
+            "jobmetrics-exporter",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            c.execute("DELETE FROM task")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute("SELECT pg_sleep(5)")

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.gc_collector import GCCollector
@@ -143,9 +143,15 @@ def _queues(text: str) -> List[str]:
     return [q.strip() for q in text.split(",") if q.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the message names the flag (see --help for the rest).
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line parser; defaults come from the ``JOBMETRICS_EXPORTER_*`` variables."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jobmetrics-exporter",
         description="Expose job queues kept in Redis (gocraft/work as Harbor uses it, RQ, "
         "Celery) or PostgreSQL (Harbor's task table, Procrastinate, pgqueuer, django-q2) "
