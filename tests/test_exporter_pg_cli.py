@@ -133,3 +133,20 @@ def test_bad_option_is_one_line_and_exit_2(
     assert PASSWORD not in proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr  # one line
     assert proc.stderr.startswith("jobmetrics-exporter: error: ")
+
+
+def test_missing_psycopg_is_a_clear_error() -> None:
+    import subprocess
+
+    from test_exporter_cli import env
+
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from jobmetrics.exporter.cli import main\n"
+        "sys.exit(main(['--port', '0', '--url', 'postgresql://h/db']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env())
+    assert proc.returncode == 2
+    assert proc.stderr == ("jobmetrics-exporter: error: the PostgreSQL store needs psycopg 3: "
+                           "pip install 'jobmetrics[postgres]'\n")

@@ -226,6 +226,7 @@ def test_stopped_then_restarted(
         got = samples(text)
         assert got[("harbor_task_exporter_up", ())] == 0
         assert got[("harbor_task_exporter_read_errors_total", ())] == 1
+        assert got[("harbor_task_exporter_read_duration_seconds", ())] <= 2.5  # the timeout
         assert not any(name.startswith("harbor_task_") and "exporter" not in name
                        for name, _ in got)
         promtool_check(text)
@@ -364,3 +365,15 @@ def test_session_is_read_only_with_the_statement_timeout(
             c.execute("DELETE FROM task")
         with pytest.raises(psycopg.errors.QueryCanceled):
             c.execute("SELECT pg_sleep(5)")
+
+
+def test_cache_serves_one_reading_and_the_tail_waits_for_the_next_read(
+    pg_server: PostgresServer, harbor_db: str, conn: Any, registry: CollectorRegistry
+) -> None:
+    gc = execution(conn, "GC")
+    exporter(pg_server, harbor_db, registry, cache_seconds=3600)
+    scrape(registry)
+    run_task(conn, gc, "GC", "Success")
+    # Within cache_seconds nothing is read: the counter shows what the cached read saw.
+    assert value(registry, "harbor_task_finished_total", type="GC", status="success") is None
+    assert value(registry, "harbor_task_exporter_up") == 1

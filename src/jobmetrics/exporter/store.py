@@ -253,7 +253,8 @@ class StoreExporter(Collector):
         yield from self._health()
 
     def close(self) -> None:
-        """Stop the reader thread and close the connections this exporter made."""
+        """Stop the reader thread and close the connections this exporter made (after the
+        read in flight, if any, which waits at most ``timeout``)."""
         with self._lock:
             executor, self._executor = self._executor, None
             inflight = self._inflight
