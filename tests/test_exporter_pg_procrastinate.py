@@ -101,6 +101,13 @@ def test_deferred_run_by_a_real_worker(
     assert value(registry, "harbor_task_finished_total", queue="slow", status="success") == 1
     assert value(registry, "harbor_task_concurrency", queue="slow") == 0
 
+    # A job cancelled before a worker took it ends as stop.
+    with app.open():
+        job_id = send.configure(queue="slow").defer()
+        assert app.job_manager.cancel_job_by_id(job_id)
+    assert value(registry, "harbor_task_finished_total", queue="slow", status="stop") == 1
+    assert value(registry, "harbor_task_queue_size", queue="slow") == 0
+
 
 def test_oldest_ready_job_latency(pg_server: PostgresServer, registry: CollectorRegistry) -> None:
     db = pg_server.new_database("procrastinate_latency")
