@@ -13,7 +13,7 @@ when a connection is made.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -22,19 +22,21 @@ from .redact import redact_url
 from .sql_layouts import SqlLayout, make_sql_layout
 from .store import StoreExporter
 
+if TYPE_CHECKING:
+    from psycopg import Connection
+
 __all__ = ["PostgresExporter", "check_postgres_url", "postgres_connect"]
 
 SCHEMES = ("postgresql://", "postgres://")
 
 
-def _psycopg() -> Any:
+def _require_psycopg() -> None:
     try:
-        import psycopg
+        import psycopg  # noqa: F401
     except ImportError:
         raise ImportError(
             "the PostgreSQL store needs psycopg 3: pip install 'jobmetrics[postgres]'"
         ) from None
-    return psycopg
 
 
 def check_postgres_url(url: object, arg: str = "url") -> str:
@@ -51,7 +53,9 @@ def check_postgres_url(url: object, arg: str = "url") -> str:
             f"{arg}={shown!r} must start with postgresql:// or postgres:// "
             "(e.g. postgresql://exporter@db:5432/registry)"
         )
-    psycopg = _psycopg()
+    _require_psycopg()
+    import psycopg
+
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
@@ -63,10 +67,11 @@ def check_postgres_url(url: object, arg: str = "url") -> str:
     return url
 
 
-def postgres_connect(url: str, timeout: float) -> Any:
+def postgres_connect(url: str, timeout: float) -> Connection[Tuple[Any, ...]]:
     """A read-only autocommit ``psycopg.Connection`` whose connect and statements take at
     most ``timeout`` (libpq rounds the connect timeout up to whole seconds, at least 2)."""
-    psycopg = _psycopg()
+    _require_psycopg()
+    import psycopg
     conn = psycopg.connect(
         url,
         autocommit=True,
@@ -144,20 +149,22 @@ class PostgresExporter(StoreExporter):
             scheduled_total=scheduled_total,
         )
         self.url = check_postgres_url(url)
-        self._conn: Any = None
+        self._conn: Optional[Connection[Tuple[Any, ...]]] = None
         self._register(registry)
 
     def __repr__(self) -> str:
         return f"PostgresExporter({redact_url(self.url)!r}, layout={self.layout.name!r})"
 
     def _read(self) -> Reading:
-        psycopg = _psycopg()
+        import psycopg
+
         if self._conn is None or self._conn.closed:
             self._conn = postgres_connect(self.url, self.timeout)
+        conn = self._conn
         try:
-            return self.layout.read(self._conn)
+            return self.layout.read(conn)
         except psycopg.Error:
-            if self._conn.broken or self._conn.closed:
+            if conn.broken or conn.closed:
                 self._close_store()  # reconnect at the next read
             raise
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from typing import (
+    TYPE_CHECKING,
     Any,
     ClassVar,
     Deque,
@@ -42,6 +43,9 @@ from typing import (
 
 from .layouts import Labels, Layout, Reading
 
+if TYPE_CHECKING:
+    from psycopg.sql import Composable
+
 __all__ = [
     "SQL_LAYOUTS",
     "DjangoQLayout",
@@ -54,16 +58,6 @@ __all__ = [
 ]
 
 OVERFLOW = "overflow"
-
-
-def _sql() -> Any:
-    try:
-        from psycopg import sql
-    except ImportError:
-        raise ImportError(
-            "the PostgreSQL store needs psycopg 3: pip install 'jobmetrics[postgres]'"
-        ) from None
-    return sql
 
 
 class Tail:
@@ -184,24 +178,25 @@ class SqlLayout(Layout):
 
     # -- statements, given by each layout ----------------------------------------------
 
-    def active_sql(self) -> Any:
+    def active_sql(self) -> Composable:
         """Rows ``(queue, ready, latency seconds or NULL, running, scheduled)``, one per queue."""
         raise NotImplementedError
 
-    def tail_start_sql(self) -> Any:
+    def tail_start_sql(self) -> Composable:
         """One row, one column: the tail key's greatest value now (NULL when none)."""
         raise NotImplementedError
 
-    def tail_sql(self, condition: Any) -> Any:
+    def tail_sql(self, condition: Composable) -> Composable:
         """Rows ``(identity, key, queue, raw status)`` where ``condition`` holds on the key,
         ordered by the key, at most :attr:`max_rows`."""
         raise NotImplementedError
 
     # -- helpers for the statements ----------------------------------------------------
 
-    def queue_filter(self, column: str) -> Any:
+    def queue_filter(self, column: str) -> Composable:
         """``AND <column> = ANY(<queues>)`` when ``queues`` was given, else nothing."""
-        sql = _sql()
+        from psycopg import sql
+
         if not self.queues:
             return sql.SQL("")
         return sql.SQL(" AND {} = ANY({}::text[])").format(
@@ -209,9 +204,10 @@ class SqlLayout(Layout):
         )
 
     @staticmethod
-    def key_condition(column: str, key: Any, strict: bool) -> Any:
+    def key_condition(column: str, key: Any, strict: bool) -> Composable:
         """``<column> > <key literal>`` (or ``>=``); every row with a key for no key."""
-        sql = _sql()
+        from psycopg import sql
+
         if key is None:
             return sql.SQL("{} IS NOT NULL").format(sql.SQL(column))
         op = ">" if strict else ">="
@@ -274,7 +270,7 @@ class SqlLayout(Layout):
         self.tail.take(counted, now)
         return 1
 
-    def tail_condition(self, key: Any, strict: bool) -> Any:
+    def tail_condition(self, key: Any, strict: bool) -> Composable:
         """The condition on :attr:`tail_key` handed to :meth:`tail_sql`."""
         return self.key_condition(self.tail_key, key, strict)
 
@@ -299,9 +295,10 @@ class HarborTablesLayout(SqlLayout):
         "Success": "success", "Error": "fail", "Stopped": "stop",
     }
 
-    def active_sql(self) -> Any:
+    def active_sql(self) -> Composable:
         """Pending (ready), Running and Scheduled tasks per ``vendor_type``."""
-        sql = _sql()
+        from psycopg import sql
+
         return sql.SQL(
             "SELECT vendor_type,"
             " count(*) FILTER (WHERE status = 'Pending'),"
@@ -313,16 +310,19 @@ class HarborTablesLayout(SqlLayout):
             " GROUP BY vendor_type ORDER BY vendor_type LIMIT {}"
         ).format(self.queue_filter("vendor_type"), sql.Literal(self.max_queues))
 
-    def tail_start_sql(self) -> Any:
+    def tail_start_sql(self) -> Composable:
         """The latest ``end_time`` of a finished task."""
-        return _sql().SQL(
+        from psycopg import sql
+
+        return sql.SQL(
             "SELECT max(end_time) FROM task WHERE status IN ('Success', 'Error', 'Stopped')"
         )
 
 
-    def tail_sql(self, condition: Any) -> Any:
+    def tail_sql(self, condition: Composable) -> Composable:
         """Finished tasks by ``end_time``; a task run again and finished again counts again."""
-        sql = _sql()
+        from psycopg import sql
+
         return sql.SQL(
             "SELECT ROW(id, end_time)::text, end_time, vendor_type, status FROM task"
             " WHERE status IN ('Success', 'Error', 'Stopped') AND {}{}"
@@ -354,10 +354,11 @@ class ProcrastinateLayout(SqlLayout):
         "cancelled": "stop", "aborted": "stop",
     }
 
-    def active_sql(self) -> Any:
+    def active_sql(self) -> Composable:
         """``todo``/``doing`` per queue; the latency of the oldest ready job by ``min(id)``,
         from when it became due (its ``scheduled_at``, or its last deferred event)."""
-        sql = _sql()
+        from psycopg import sql
+
         return sql.SQL(
             "WITH q AS (SELECT queue_name,"
             " count(*) FILTER (WHERE {ready}) AS ready,"
@@ -377,14 +378,17 @@ class ProcrastinateLayout(SqlLayout):
             limit=sql.Literal(self.max_queues),
         )
 
-    def tail_start_sql(self) -> Any:
+    def tail_start_sql(self) -> Composable:
         """The last event id."""
-        return _sql().SQL("SELECT max(id) FROM procrastinate_events")
+        from psycopg import sql
+
+        return sql.SQL("SELECT max(id) FROM procrastinate_events")
 
 
-    def tail_sql(self, condition: Any) -> Any:
+    def tail_sql(self, condition: Composable) -> Composable:
         """Final events by id, with their job's queue."""
-        sql = _sql()
+        from psycopg import sql
+
         types = sql.SQL(", ").join(sql.Literal(t) for t in self.statuses)
         return sql.SQL(
             "SELECT e.id, e.id, j.queue_name, e.type::text FROM procrastinate_events e"
@@ -414,10 +418,11 @@ class PgQueuerLayout(SqlLayout):
         "canceled": "stop", "deleted": "stop",
     }
 
-    def active_sql(self) -> Any:
+    def active_sql(self) -> Composable:
         """``queued``/``picked`` per entrypoint; latency from when the oldest ready job
         became due (``created``, or a later ``execute_after``)."""
-        sql = _sql()
+        from psycopg import sql
+
         ready = sql.SQL("status = 'queued' AND execute_after <= now()")
         return sql.SQL(
             "SELECT entrypoint,"
@@ -431,14 +436,17 @@ class PgQueuerLayout(SqlLayout):
         ).format(ready=ready, filter=self.queue_filter("entrypoint"),
                  limit=sql.Literal(self.max_queues))
 
-    def tail_start_sql(self) -> Any:
+    def tail_start_sql(self) -> Composable:
         """The last log id."""
-        return _sql().SQL("SELECT max(id) FROM pgqueuer_log")
+        from psycopg import sql
+
+        return sql.SQL("SELECT max(id) FROM pgqueuer_log")
 
 
-    def tail_sql(self, condition: Any) -> Any:
+    def tail_sql(self, condition: Composable) -> Composable:
         """Final log rows by id."""
-        sql = _sql()
+        from psycopg import sql
+
         statuses = sql.SQL(", ").join(sql.Literal(t) for t in self.statuses)
         return sql.SQL(
             "SELECT id, id, entrypoint, status::text FROM pgqueuer_log"
@@ -467,9 +475,10 @@ class DjangoQLayout(SqlLayout):
     tail_key = "stopped"
     statuses: ClassVar[Mapping[str, str]] = {"true": "success", "false": "fail"}
 
-    def active_sql(self) -> Any:
+    def active_sql(self) -> Composable:
         """Waiting (``lock <= now()``) and in-flight rows per ``key``."""
-        sql = _sql()
+        from psycopg import sql
+
         return sql.SQL(
             "SELECT key,"
             " count(*) FILTER (WHERE lock <= now()),"
@@ -480,14 +489,17 @@ class DjangoQLayout(SqlLayout):
             " GROUP BY key ORDER BY key LIMIT {}"
         ).format(self.queue_filter("key"), sql.Literal(self.max_queues))
 
-    def tail_start_sql(self) -> Any:
+    def tail_start_sql(self) -> Composable:
         """The latest ``stopped``."""
-        return _sql().SQL("SELECT max(stopped) FROM django_q_task")
+        from psycopg import sql
+
+        return sql.SQL("SELECT max(stopped) FROM django_q_task")
 
 
-    def tail_sql(self, condition: Any) -> Any:
+    def tail_sql(self, condition: Composable) -> Composable:
         """Results by ``stopped``, labelled by the cluster that ran them."""
-        sql = _sql()
+        from psycopg import sql
+
         return sql.SQL(
             "SELECT ROW(id, stopped)::text, stopped, COALESCE(cluster, 'unknown'),"
             " CASE WHEN success THEN 'true' ELSE 'false' END FROM django_q_task"
