@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer and CI run it: one command on a fresh machine.
 # Installs what the tests need (a virtualenv with the package and its test extras,
-# Debian's promtool and redis-server when missing), then lint, types and tests.
+# Debian's promtool, redis-server and PostgreSQL 15 when missing), then lint, types and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,9 @@ need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
+# The PostgreSQL tests run Debian's binaries from /usr/lib/postgresql/15/bin in a temporary
+# directory of their own; the system cluster is never started or stopped here.
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "== installing ${need_apt[*]} (Debian packages)"

@@ -17,3 +17,4 @@ def m(registry: CollectorRegistry) -> JobMetrics:
     return JobMetrics(registry=registry, process_collectors=False)
 
 from exporter_support import redis_server  # noqa: E402, F401  (fixture for the exporter tests)
+from pg_support import pg_server  # noqa: E402, F401  (fixture for the PostgreSQL exporter tests)

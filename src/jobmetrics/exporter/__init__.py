@@ -1,11 +1,13 @@
-"""Job state kept in Redis, exposed as Harbor's ``harbor_task_*`` families at scrape time.
+"""Job state kept in Redis or PostgreSQL, exposed as Harbor's ``harbor_task_*`` families.
 
->>> from jobmetrics.exporter import RedisExporter
+>>> from jobmetrics.exporter import PostgresExporter, RedisExporter
 >>> RedisExporter("redis://127.0.0.1:6379/0", layout="rq")  # doctest: +SKIP
+>>> PostgresExporter("postgresql://exporter@db/registry", layout="harbor")  # doctest: +SKIP
 
 Run it standalone with ``jobmetrics-exporter`` (or ``python -m jobmetrics.exporter``); see
-docs/exporter.md. Needs the ``redis`` package: ``pip install 'jobmetrics[redis]'``, imported
-only when a client is made.
+docs/exporter.md. Redis needs ``pip install 'jobmetrics[redis]'``, PostgreSQL
+``pip install 'jobmetrics[postgres]'`` (psycopg 3); each is imported only when a
+connection is made.
 """
 
 from __future__ import annotations
@@ -22,16 +24,38 @@ from .layouts import (
     make_layout,
     stamp_enqueue_time,
 )
+from .postgres import PostgresExporter
+from .sql_layouts import (
+    SQL_LAYOUTS,
+    DjangoQLayout,
+    HarborTablesLayout,
+    PgQueuerLayout,
+    ProcrastinateLayout,
+    SqlLayout,
+    Tail,
+    make_sql_layout,
+)
+from .store import StoreExporter
 
 __all__ = [
     "CELERY_ENQUEUED_HEADER",
     "LAYOUTS",
+    "SQL_LAYOUTS",
     "CeleryLayout",
+    "DjangoQLayout",
     "HarborLayout",
+    "HarborTablesLayout",
     "Layout",
+    "PgQueuerLayout",
+    "PostgresExporter",
+    "ProcrastinateLayout",
     "RQLayout",
     "Reading",
     "RedisExporter",
+    "SqlLayout",
+    "StoreExporter",
+    "Tail",
     "make_layout",
+    "make_sql_layout",
     "stamp_enqueue_time",
 ]

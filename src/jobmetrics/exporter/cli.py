@@ -2,8 +2,10 @@
 
 Every flag has an environment variable (``JOBMETRICS_EXPORTER_<FLAG>``); a flag given on
 the command line wins. A bad value exits with status 2 and a message naming the flag or
-variable; an unreachable Redis does not stop the exporter (the health families say so and
-it reads again at the next scrape).
+variable; an unreachable store does not stop the exporter (the health families say so and
+it reads again at the next scrape). ``--url`` picks the store by its scheme:
+``postgresql://`` (or ``postgres://``) for the PostgreSQL layouts, ``redis://``,
+``rediss://`` or ``unix://`` for Redis; ``--redis-url`` is the older spelling for Redis.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.gc_collector import GCCollector
@@ -26,6 +28,11 @@ from ..exposition import _display, _serve, metrics_app
 from .client import check_redis_url
 from .collector import RedisExporter
 from .layouts import LAYOUTS
+from .postgres import SCHEMES as POSTGRES_SCHEMES
+from .postgres import PostgresExporter
+from .redact import redact_url
+from .sql_layouts import SQL_LAYOUTS
+from .store import StoreExporter
 
 __all__ = ["ENV", "main", "parser"]
 
@@ -33,6 +40,7 @@ logger = logging.getLogger("jobmetrics.exporter")
 
 #: Environment variable of each option (flag ``--redis-url`` -> ``redis_url``).
 ENV: Dict[str, str] = {
+    "url": "JOBMETRICS_EXPORTER_URL",
     "redis_url": "JOBMETRICS_EXPORTER_REDIS_URL",
     "layout": "JOBMETRICS_EXPORTER_LAYOUT",
     "key_prefix": "JOBMETRICS_EXPORTER_KEY_PREFIX",
@@ -114,10 +122,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
 
 
+_ALL_LAYOUTS = list(dict.fromkeys([*LAYOUTS, *SQL_LAYOUTS]))
+
+
 def _layout(text: str) -> str:
-    if text not in LAYOUTS:
+    if text not in _ALL_LAYOUTS:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a layout: choose one of {', '.join(LAYOUTS)}"
+            f"{text!r} is not a layout: choose one of {', '.join(_ALL_LAYOUTS)}"
         )
     return text
 
@@ -135,19 +146,32 @@ def _queues(text: str) -> List[str]:
     return [q.strip() for q in text.split(",") if q.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage block: the message names the flag (see --help for the rest).
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line parser; defaults come from the ``JOBMETRICS_EXPORTER_*`` variables."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jobmetrics-exporter",
         description="Expose job queues kept in Redis (gocraft/work as Harbor uses it, RQ, "
-        "Celery) as Harbor's harbor_task_* Prometheus families.",
+        "Celery) or PostgreSQL (Harbor's task table, Procrastinate, pgqueuer, django-q2) "
+        "as Harbor's harbor_task_* Prometheus families.",
         epilog="Every option can also be set by its environment variable, shown in "
         "brackets; the command line wins.",
     )
+    p.add_argument("--url", default=_env("url", str, None),
+                   help="the store to read: postgresql://user@host:5432/db (libpq's PG* "
+                   "variables, service files and .pgpass apply) or redis://host:port/db "
+                   f"[{ENV['url']}]")
     p.add_argument("--redis-url", default=_env("redis_url", str, "redis://127.0.0.1:6379/0"),
-                   help=f"Redis to read, redis://host:port/db [{ENV['redis_url']}]")
+                   help="Redis to read, redis://host:port/db, when --url is not given "
+                   f"[{ENV['redis_url']}]")
     p.add_argument("--layout", type=_layout, default=_env("layout", _layout, "harbor"),
-                   help=f"key layout: {', '.join(LAYOUTS)} (default harbor) [{ENV['layout']}]")
+                   help=f"layout: {', '.join(LAYOUTS)} (Redis); {', '.join(SQL_LAYOUTS)} "
+                   f"(PostgreSQL); default harbor [{ENV['layout']}]")
     p.add_argument("--key-prefix", default=_env("key_prefix", str, None),
                    help="Redis key prefix of the layout (harbor: "
                    "{harbor_job_service_namespace}; rq: rq; celery: none) "
@@ -168,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
                    help="serve a successful reading for this long (Harbor's exporter: 23); "
                    f"default 0 reads at every scrape [{ENV['cache_seconds']}]")
     p.add_argument("--timeout", type=_timeout, default=_env("timeout", _timeout, 5.0),
-                   help=f"longest wait for Redis per scrape, seconds (default 5) "
+                   help=f"longest wait for the store per scrape, seconds (default 5) "
                    f"[{ENV['timeout']}]")
     p.add_argument("--max-queues", type=_positive_int,
                    default=_env("max_queues", _positive_int, 500),
@@ -200,20 +224,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     registry = CollectorRegistry()
     try:
         given = sys.argv[1:] if argv is None else list(argv)
-        from_flag = any(a.startswith("--redis-url") for a in given)
-        check_redis_url(args.redis_url, "--redis-url" if from_flag else ENV["redis_url"])
-        exporter = RedisExporter(
-            args.redis_url,
-            layout=args.layout,
-            key_prefix=args.key_prefix,
-            queues=queues,
-            namespace=args.namespace,
-            cache_seconds=args.cache_seconds,
-            timeout=args.timeout,
-            scheduled_total=args.scheduled_total,
-            max_queues=args.max_queues,
-            registry=registry,
-        )
+        url, arg = _store_url(args, given)
+        exporter: StoreExporter
+        if url.startswith(POSTGRES_SCHEMES):
+            if args.key_prefix is not None:
+                raise ValueError("--key-prefix is for Redis; a PostgreSQL layout finds its "
+                                 "tables through the URL's search_path")
+            exporter = PostgresExporter(
+                url,
+                layout=args.layout,
+                queues=queues,
+                namespace=args.namespace,
+                cache_seconds=args.cache_seconds,
+                timeout=args.timeout,
+                scheduled_total=args.scheduled_total,
+                max_queues=args.max_queues,
+                registry=registry,
+            )
+        else:
+            check_redis_url(url, arg)
+            exporter = RedisExporter(
+                url,
+                layout=args.layout,
+                key_prefix=args.key_prefix,
+                queues=queues,
+                namespace=args.namespace,
+                cache_seconds=args.cache_seconds,
+                timeout=args.timeout,
+                scheduled_total=args.scheduled_total,
+                max_queues=args.max_queues,
+                registry=registry,
+            )
     except (ValueError, TypeError, ImportError) as exc:
         p.error(str(exc))  # exits with status 2
     # The exporter's own process, as every Prometheus exporter reports it.
@@ -231,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info(
         "jobmetrics exporter: serving %s://%s/metrics, layout %s, reading %s",
         "https" if server.web and server.web.current().ssl_context else "http",
-        _display(args.addr, server.server_port), args.layout, _redacted(args.redis_url),
+        _display(args.addr, server.server_port), args.layout, redact_url(url),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -242,12 +283,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _redacted(url: str) -> str:
-    # Never log a password given in the URL.
-    from urllib.parse import urlsplit, urlunsplit
+def _store_url(args: argparse.Namespace, given: Sequence[str]) -> Tuple[str, str]:
+    """The store URL and the flag or variable it came from (a flag wins over a variable)."""
+    url_flag = any(a == "--url" or a.startswith("--url=") for a in given)
+    redis_flag = any(a.startswith("--redis-url") for a in given)
+    if url_flag and redis_flag:
+        raise ValueError("give --url or --redis-url, not both")
+    if url_flag or (args.url is not None and not redis_flag):
+        arg = "--url" if url_flag else ENV["url"]
+        url = str(args.url)
+        if not url.startswith((*POSTGRES_SCHEMES, "redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{arg}={redact_url(url)!r} must start with postgresql://, postgres://, "
+                "redis://, rediss:// or unix://"
+            )
+        return url, arg
+    return str(args.redis_url), "--redis-url" if redis_flag else ENV["redis_url"]
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

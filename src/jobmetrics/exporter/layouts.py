@@ -76,6 +76,8 @@ class Reading:
     queue_latency: Dict[str, float] = field(default_factory=dict)
     concurrency: Dict[Labels, float] = field(default_factory=dict)
     scheduled: Dict[Labels, float] = field(default_factory=dict)
+    #: ``<ns>_task_finished_total``: jobs finished since the exporter started (SQL layouts).
+    finished: Dict[Labels, float] = field(default_factory=dict)
     commands: int = 0
     errors: List[str] = field(default_factory=list)
 
@@ -136,6 +138,8 @@ class Layout:
     concurrency_labels: Optional[Labels] = None
     #: Labels of ``<ns>_task_scheduled``, or None when the layout has no such family.
     scheduled_labels: Optional[Labels] = None
+    #: Labels of ``<ns>_task_finished_total``, or None when the layout has no such family.
+    finished_labels: Optional[Labels] = None
     #: Key prefix used when none is given.
     default_key_prefix = ""
 
