@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..settings import check_name_part, check_positive
-from .client import redis_client
+from .client import close_client, redis_client
 from .layouts import Layout, Reading, make_layout
 
 __all__ = ["RedisExporter"]
@@ -62,8 +62,10 @@ class RedisExporter(Collector):
     - ``harbor_task_exporter_read_errors_total``: reads that failed or timed out.
 
     Args:
-        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``); or give
-            ``client``, a ``redis.Redis`` of your own, instead.
+        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``, Harbor's
+            ``redis+sentinel://s1:26379,s2:26379/master/db``), with Harbor's parameters
+            such as ``?idle_timeout_seconds=30``; or give ``client``, a ``redis.Redis``
+            of your own, instead.
         layout: ``harbor``, ``rq``, ``celery`` or a :class:`Layout` instance.
         key_prefix: the layout's Redis key prefix (``harbor``:
             ``{harbor_job_service_namespace}``; ``rq``: ``rq``; ``celery``: none).
@@ -74,6 +76,8 @@ class RedisExporter(Collector):
         timeout: the longest a scrape waits for Redis, in seconds.
         scheduled_total: also emit Harbor's name ``<namespace>_task_scheduled_total``.
         max_queues: the most queues discovered and read per scrape.
+        max_pools: the most worker pools reported per job type (``harbor``): a
+            ``lock_info`` hash with more fields is read and reported up to this many.
         registry: registered there (prometheus_client's global one by default); None
             registers nowhere.
     """
@@ -91,6 +95,7 @@ class RedisExporter(Collector):
         timeout: float = 5.0,
         scheduled_total: bool = False,
         max_queues: int = 500,
+        max_pools: int = 100,
         registry: Optional[CollectorRegistry] = REGISTRY,
     ) -> None:
         check_name_part("namespace", namespace)
@@ -107,7 +112,7 @@ class RedisExporter(Collector):
                 )
             self.layout = layout
         else:
-            self.layout = make_layout(layout, key_prefix, queues, max_queues)
+            self.layout = make_layout(layout, key_prefix, queues, max_queues, max_pools)
         if (redis_url is None) == (client is None):
             raise ValueError("give exactly one of redis_url or client")
         self._client = client if client is not None else redis_client(redis_url or "", timeout)
@@ -116,7 +121,6 @@ class RedisExporter(Collector):
         self._prefix = f"{namespace}_task_" if namespace else "task_"
 
         self._lock = threading.Lock()
-        self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[Future[Reading]] = None
         self._snapshot: Optional[_Snapshot] = None
         self._up = False
@@ -132,6 +136,23 @@ class RedisExporter(Collector):
     def _read(self) -> Reading:
         return self.layout.read(self._client)
 
+    def _start_read(self) -> Future[Reading]:
+        # A daemon thread per read, not an executor: a read stuck on a client without a
+        # socket timeout (``client=`` of the caller's) must not keep the interpreter from
+        # exiting after close(), and concurrent.futures joins its workers at exit.
+        future: Future[Reading] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._read())
+            except BaseException as exc:  # handed to the scrape waiting on it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="jobmetrics-exporter-read", daemon=True).start()
+        return future
+
     def _fresh(self) -> Optional[Reading]:
         """A reading no older than ``cache_seconds``, or None when Redis failed us."""
         with self._lock:
@@ -139,9 +160,7 @@ class RedisExporter(Collector):
             if snap is not None and time.monotonic() - snap.at < self.cache_seconds:
                 return snap.reading
             if self._inflight is None or self._inflight.done():
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, "jobmetrics-exporter")
-                self._inflight = self._executor.submit(self._read)
+                self._inflight = self._start_read()
             future = self._inflight
         start = time.perf_counter()
         error: Optional[BaseException] = None
@@ -260,13 +279,12 @@ class RedisExporter(Collector):
         yield from self._health()
 
     def close(self) -> None:
-        """Stop the reader thread and close the Redis connections this exporter made."""
+        """Close the Redis connections this exporter made (not those of ``client=``).
+
+        A read still in flight is abandoned: its thread is a daemon, so even a read
+        blocked on a ``client=`` without a socket timeout does not keep the process alive.
+        """
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
+            self._inflight = None
         if self._owns_client:
-            try:
-                self._client.close()
-            except Exception:
-                pass
+            close_client(self._client)
