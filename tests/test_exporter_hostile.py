@@ -18,7 +18,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 from rq import Queue
 
-from exporter_support import RedisServer, enqueue, lock
+from exporter_support import RedisServer, command_counts, enqueue, lock
 from jobmetrics.exporter import RedisExporter
 from promcheck import promtool_check, samples, scrape, value
 
@@ -103,6 +103,21 @@ def test_a_huge_tail_job_is_read_as_a_bounded_prefix(
     latency = value(registry, "harbor_task_queue_latency", type="BIG")
     assert latency is not None and 49 <= latency <= 120
     assert value(registry, "harbor_task_queue_size", type="BIG") == 1
+    # Redis copies the element to cut it: while the list keeps its length, the same
+    # oversized tail is not read again.
+    r.config_resetstat()
+    scrape(registry)
+    assert "lindex" not in command_counts(r)
+    # A new job at the head: the tail is read again (and is still the big one).
+    enqueue(r, NS, "BIG", now - 5)
+    r.config_resetstat()
+    latency = value(registry, "harbor_task_queue_latency", type="BIG")
+    assert latency is not None and 49 <= latency <= 120
+    assert command_counts(r)["lindex"] == 1
+    # A worker takes the big one: the next tail is the new job.
+    r.rpop(NS + ":jobs:BIG")
+    latency = value(registry, "harbor_task_queue_latency", type="BIG")
+    assert latency is not None and 4 <= latency <= 60
 
 
 def test_a_huge_celery_message_is_not_sent(

@@ -324,10 +324,11 @@ def redis_client(url: str, timeout: float) -> Any:
         "password": target.password,
     }
     if target.sentinel:
-        from redis.sentinel import Sentinel
+        from redis import sentinel as redis_sentinel
 
         # As Harbor: the credentials are the master's; Sentinels are asked without them.
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs={**common, **tls})
+        make_sentinel: Any = redis_sentinel.Sentinel  # untyped in redis-py
+        sentinel = make_sentinel(list(target.hosts), sentinel_kwargs={**common, **tls})
         return sentinel.master_for(target.master, **server)
     if target.path is not None:
         return redis.Redis(unix_socket_path=target.path, **server)

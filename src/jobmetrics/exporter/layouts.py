@@ -63,18 +63,25 @@ logger = logging.getLogger("jobmetrics.exporter")
 # Redis command reads part of a list element, so a script cuts it server-side and at
 # most ARGV[2] bytes per list cross the network and reach the JSON parser, however large
 # the job is. Per list: length, the element's full size (-1 when the list is empty) and
-# the prefix.
+# the prefix (nothing when ARGV[3] is 1 and the element is longer than ARGV[2]). Redis
+# itself still copies the element for the script, so a list whose length is ARGV[3 + i]
+# (the length when its oversized end was last read) is not read again: size -2.
 _ENDS_SCRIPT = """
 local out = {}
 local limit = tonumber(ARGV[2])
+local whole = ARGV[3] == '1'
 for i, key in ipairs(KEYS) do
   local n = redis.call('LLEN', key)
   local size, head = -1, ''
-  if n > 0 then
+  if n > 0 and n == tonumber(ARGV[3 + i]) then
+    size = -2
+  elseif n > 0 then
     local v = redis.call('LINDEX', key, ARGV[1])
     if v then
       size = string.len(v)
-      head = string.sub(v, 1, limit)
+      if size <= limit or not whole then
+        head = string.sub(v, 1, limit)
+      end
     end
   end
   out[#out + 1] = n
@@ -136,20 +143,6 @@ def _failed(layout: Layout, queue: str, replies: Sequence[Any], out: Reading) ->
     return False
 
 
-def _ends(pipe: Any, keys: Sequence[str], index: int, limit: int) -> None:
-    """Queue, on ``pipe``, the length and a ``limit``-byte prefix of ``keys``' ends."""
-    pipe.eval(_ENDS_SCRIPT, len(keys), *keys, index, limit)
-
-
-def _end_triples(reply: Any) -> List[Tuple[int, int, bytes]]:
-    """``[(length, element size, element prefix)]`` from one :func:`_ends` reply."""
-    if isinstance(reply, Exception):
-        raise reply
-    return [
-        (int(reply[i]), int(reply[i + 1]),
-         reply[i + 2] if isinstance(reply[i + 2], bytes) else str(reply[i + 2]).encode())
-        for i in range(0, len(reply), 3)
-    ]
 
 
 _WS = " \t\n\r"
@@ -248,6 +241,42 @@ class Layout:
         self.queues: Tuple[str, ...] = tuple(dict.fromkeys(queues))
         self.max_queues = max_queues
         self._logged: Set[str] = set()
+        # list key -> (length, element size, prefix) of an end longer than its limit
+        self._oversized: Dict[str, Tuple[int, int, bytes]] = {}
+
+    def _ends(self, pipe: Any, keys: Sequence[str], index: int, limit: int,
+              whole: bool = False) -> None:
+        """Queue, on ``pipe``, the length and a ``limit``-byte prefix of ``keys``' ends.
+
+        With ``whole``, an element longer than ``limit`` is not sent at all (its size is).
+        An end longer than ``limit`` is read again only once its list's length changes:
+        Redis copies the whole element to cut it, which a 200 MiB job makes slow.
+        """
+        known = self.__dict__.setdefault("_oversized", {})
+        skip = [known[k][0] if k in known else -1 for k in keys]
+        pipe.eval(_ENDS_SCRIPT, len(keys), *keys, index, limit, 1 if whole else 0, *skip)
+
+    def _end_triples(self, reply: Any, keys: Sequence[str],
+                     limit: int) -> List[Tuple[int, int, bytes]]:
+        """``[(length, element size, element prefix)]`` from one :meth:`_ends` reply."""
+        if isinstance(reply, Exception):
+            raise reply
+        known: Dict[str, Tuple[int, int, bytes]] = self.__dict__.setdefault("_oversized", {})
+        out = []
+        for key, i in zip(keys, range(0, len(reply), 3)):
+            head = reply[i + 2]
+            triple = (int(reply[i]), int(reply[i + 1]),
+                      head if isinstance(head, bytes) else str(head).encode())
+            if triple[1] == -2:
+                triple = known[key]  # same length as when read: the same end, kept
+            elif triple[1] > limit:
+                if len(known) >= 4 * self.max_queues:
+                    known.clear()  # bounded however many queue names come and go
+                known[key] = triple
+            else:
+                known.pop(key, None)
+            out.append(triple)
+        return out
 
     def log_once(self, place: str, message: str, *args: object) -> None:
         """Log a warning the first time something goes wrong at ``place``, never again.
@@ -312,7 +341,7 @@ class HarborLayout(Layout):
         pipe = client.pipeline(transaction=False)
         for t in types:
             jobs = self._key("jobs:" + t)
-            _ends(pipe, [jobs], -1, self.job_prefix_bytes)
+            self._ends(pipe, [jobs], -1, self.job_prefix_bytes)
             # HSCAN, not HGETALL: a hash with 200k fields costs max_pools, not 200k.
             pipe.hscan(jobs + ":lock_info", 0, count=self.max_pools)
         pipe.zcard(self._key("scheduled"))
@@ -323,7 +352,8 @@ class HarborLayout(Layout):
             ends, lock_info = replies[2 * i : 2 * i + 2]
             if _failed(self, t, (ends, lock_info), out):
                 continue
-            ((size, job_bytes, tail),) = _end_triples(ends)
+            ((size, job_bytes, tail),) = self._end_triples(
+                ends, [self._key("jobs:" + t)], self.job_prefix_bytes)
             out.queue_size[t] = float(size)
             if size == 0 or job_bytes < 0:
                 out.queue_latency[t] = 0.0  # as gocraft/work's Queues(): empty means 0
@@ -416,7 +446,7 @@ class RQLayout(Layout):
         now = time.time() if now is None else now
         pipe = client.pipeline(transaction=False)
         for q in queues:
-            _ends(pipe, [f"{p}:queue:{q}"], 0, self.job_id_bytes)
+            self._ends(pipe, [f"{p}:queue:{q}"], 0, self.job_id_bytes, whole=True)
             # Started entries are scored by when they expire: an entry already expired
             # belongs to a dead worker (RQ's cleanup moves it on), so it is not running.
             pipe.zcount(f"{p}:wip:{q}", now, "+inf")
@@ -428,13 +458,14 @@ class RQLayout(Layout):
             ends, started, scheduled = replies[3 * i : 3 * i + 3]
             if _failed(self, q, (ends, started, scheduled), out):
                 continue
-            ((size, id_bytes, head_id),) = _end_triples(ends)
+            ((size, id_bytes, head_id),) = self._end_triples(
+                ends, [f"{p}:queue:{q}"], self.job_id_bytes)
             out.queue_size[q] = float(size)
             out.concurrency[(q,)] = float(started)
             out.scheduled[(q,)] = float(scheduled)
             if size == 0 or id_bytes < 0:
                 out.queue_latency[q] = 0.0
-            elif id_bytes > len(head_id):
+            elif id_bytes > self.job_id_bytes:
                 out.errors.append(q)  # no job of RQ's has such an id: age unknown
                 self.log_once(
                     "reading a head job id", "the head of queue %r is %d bytes, not a job "
@@ -537,14 +568,14 @@ class CeleryLayout(Layout):
         p = self.key_prefix
         pipe = client.pipeline(transaction=False)
         for q in queues:
-            _ends(pipe, list(_priority_keys(p + q)), -1, self.message_bytes)
+            self._ends(pipe, list(_priority_keys(p + q)), -1, self.message_bytes, whole=True)
         replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         now = time.time() if now is None else now
         for q, reply in zip(queues, replies):
             if _failed(self, q, (reply,), out):
                 continue
-            ends = _end_triples(reply)
+            ends = self._end_triples(reply, list(_priority_keys(p + q)), self.message_bytes)
             sizes = [size for size, _, _ in ends]
             out.queue_size[q] = float(sum(sizes))
             oldest: Optional[float] = None
@@ -553,7 +584,7 @@ class CeleryLayout(Layout):
                 if size == 0 or message_bytes < 0:
                     continue
                 try:
-                    if message_bytes > len(tail):
+                    if message_bytes > self.message_bytes:
                         raise ValueError(f"larger than {self.message_bytes} bytes")
                     stamp = _celery_enqueued_at(tail)
                 except (ValueError, TypeError, AttributeError, RecursionError) as exc:
