@@ -52,10 +52,15 @@ def test_deeply_nested_tail_job_drops_only_that_latency(
     r.sadd(NS + ":known_jobs", "DEEP_ARGS")
     r.lpush(NS + ":jobs:DEEP_ARGS",
             f'{{"name":"DEEP_ARGS","id":"2","t":{int(now - 40)},"args":{{"a":{nested}}}}}')
+    # An enqueue time no float holds.
+    r.sadd(NS + ":known_jobs", "HUGE_T")
+    r.lpush(NS + ":jobs:HUGE_T", '{"name":"HUGE_T","id":"3","t":1' + "0" * 400 + "}")
     enqueue(r, NS, "GOOD", now - 30)
     RedisExporter(redis_server.url(), registry=registry)
     got = samples(scrape(registry))
     assert got[("harbor_task_exporter_up", ())] == 1
+    assert got[("harbor_task_queue_size", (("type", "HUGE_T"),))] == 1
+    assert ("harbor_task_queue_latency", (("type", "HUGE_T"),)) not in got
     assert got[("harbor_task_queue_size", (("type", "DEEP"),))] == 1
     assert ("harbor_task_queue_latency", (("type", "DEEP"),)) not in got
     assert 39 <= got[("harbor_task_queue_latency", (("type", "DEEP_ARGS"),))] <= 100

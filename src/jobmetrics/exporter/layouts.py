@@ -372,7 +372,7 @@ class HarborLayout(Layout):
             if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
                 raise TypeError(f"'t' is {type(stamp).__name__}, not a number")
             out.queue_latency[t] = _latency(now, float(stamp))
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             out.errors.append(t)
             self.log_once(
                 "decoding a tail job", "the oldest job of type %r (%d bytes) has no enqueue "
@@ -587,7 +587,8 @@ class CeleryLayout(Layout):
                     if message_bytes > self.message_bytes:
                         raise ValueError(f"larger than {self.message_bytes} bytes")
                     stamp = _celery_enqueued_at(tail)
-                except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+                except (ValueError, TypeError, AttributeError, OverflowError,
+                        RecursionError) as exc:
                     out.errors.append(q)
                     unknown = True
                     self.log_once(
