@@ -4,7 +4,10 @@ Starts its own redis-server (no persistence) on a free loopback port, fills it, 
 a full scrape (``generate_latest`` of a registry holding only the exporter), best of N.
 For the ``rq`` layout it also times the hand-written way with RQ's own API (what
 ``rq-exporter``-style collectors do: ``Queue.all()``, ``count``, the registries'
-``count``, ``Job.fetch`` of the head job), which costs round trips per queue.
+``count``, ``Job.fetch`` of the head job), which costs round trips per queue. Last, the
+cost of a huge job at the tail of a ``harbor`` queue: the first scrape (Redis copies the
+job once to cut its prefix), the next ones, and the bytes Redis sends per scrape
+(``total_net_output_bytes``).
 
     .venv/bin/python bench/bench_exporter.py
 """
@@ -122,6 +125,33 @@ def run(r: Any, port: int) -> None:
             row = f"| {layout} | {queues} | {length:,} | {ms(t)} | {by_hand} |"
             rows.append(row)
             print(row, flush=True)
+    huge_tail(r, port)
+
+
+def huge_tail(r: Any, port: int) -> None:
+    print()
+    print("| tail job | first scrape (ms) | next scrapes (ms) | bytes from Redis per scrape |")
+    print("|---|---|---|---|")
+    for size in (100, 1 << 20, 200 << 20):
+        r.flushall()
+        head = b'{"name":"BIG","id":"0123456789abcdef01234567","t":%d,"args":{"blob":"' % (
+            int(time.time()))
+        job = head + b"x" * max(0, size - len(head) - 3) + b'"}}'
+        r.sadd(NS + ":known_jobs", "BIG")
+        r.lpush(NS + ":jobs:BIG", job)
+        del job
+        registry = CollectorRegistry()
+        exporter = RedisExporter(f"redis://127.0.0.1:{port}/0", timeout=60, registry=registry)
+        start = time.perf_counter()
+        generate_latest(registry)
+        first = time.perf_counter() - start
+        before = int(r.info("stats")["total_net_output_bytes"])
+        generate_latest(registry)
+        sent = int(r.info("stats")["total_net_output_bytes"]) - before
+        t = best(lambda reg=registry: generate_latest(reg), repeat=5)
+        exporter.close()
+        label = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size} B"
+        print(f"| {label} | {ms(first)} | {ms(t)} | {sent:,} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -38,13 +38,16 @@ REDIS_SERVER = "/usr/bin/redis-server"
 class RedisServer:
     """One redis-server process on 127.0.0.1; ``url(db)`` to reach it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: Optional[str] = None,
+                 args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server") or REDIS_SERVER
         if not Path(binary).exists():
             pytest.skip("redis-server missing (scripts/test.sh installs it)")
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.password = password
+        self.args = list(args)
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def url(self, db: int = 0) -> str:
@@ -53,7 +56,8 @@ class RedisServer:
     def client(self, db: int = 0) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10,
+                           password=self.password)
 
     def _debug_flag(self) -> List[str]:
         # The tests stall the server with DEBUG SLEEP; Redis 7 refuses DEBUG unless told
@@ -67,7 +71,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), *self._debug_flag()],
+             "--appendonly", "no", "--dir", str(self.workdir), *self._debug_flag(),
+             *(["--requirepass", self.password] if self.password else []), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
@@ -128,3 +133,68 @@ def command_counts(client: Any) -> Dict[str, int]:
     """``{command: calls}`` from ``INFO commandstats``."""
     stats = client.info("commandstats")
     return {k[len("cmdstat_"):]: int(v["calls"]) for k, v in stats.items()}
+
+
+class RedisSentinel:
+    """``redis-server --sentinel`` on a free loopback port, watching ``master``.
+
+    One Sentinel (quorum 1), so ``SENTINEL FAILOVER`` promotes a replica without a vote;
+    its configuration file lives in ``workdir`` (Sentinel rewrites it).
+    """
+
+    def __init__(self, workdir: Path, master: RedisServer, name: str = "mymaster") -> None:
+        self.binary = master.binary
+        self.workdir = workdir
+        self.master = master
+        self.name = name
+        self.port = free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10)
+
+    def start(self) -> None:
+        conf = self.workdir / f"sentinel-{self.port}.conf"
+        lines = [
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.workdir}",
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1",
+            f"sentinel down-after-milliseconds {self.name} 60000",
+            f"sentinel failover-timeout {self.name} 60000",
+        ]
+        if self.master.password:
+            lines.append(f"sentinel auth-pass {self.name} {self.master.password}")
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait(lambda: self.master_port() == self.master.port)
+
+    def master_port(self) -> Optional[int]:
+        """The master's port in ``SENTINEL MASTER``, which redis-py asks.
+
+        Not ``GET-MASTER-ADDR-BY-NAME``: during a failover it already names the promoted
+        replica while ``SENTINEL MASTER`` keeps the old address until the switch.
+        """
+        state = self.client().sentinel_master(self.name)
+        return int(state["port"]) if state else None
+
+    def wait(self, ok: Any, what: str = "Sentinel") -> None:
+        """Poll ``ok()`` until true (20 s at most: this is a readiness wait, not a timing)."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if ok():
+                    return
+            except Exception:
+                pass
+            if (self.proc is not None and self.proc.poll() is not None) or \
+                    time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

@@ -133,8 +133,8 @@ def test_redis_down_still_serves_health(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "extra", "message"),
     [
-        (["--redis-url", "http://127.0.0.1:6379"], {}, "--redis-url='http://127.0.0.1:6379' must"),
-        ([], {ENV["redis_url"]: "http://h"}, "JOBMETRICS_EXPORTER_REDIS_URL='http://h' must start"),
+        (["--redis-url", "http://127.0.0.1:6379"], {}, "--redis-url='http://127.0.0.1:6379': must"),
+        ([], {ENV["redis_url"]: "http://h"}, "JOBMETRICS_EXPORTER_REDIS_URL='http://h': must"),
         (["--log-level", "loud"], {}, "'loud' is not one of DEBUG"),
         ([], {ENV["log_level"]: "loud"}, "JOBMETRICS_EXPORTER_LOG_LEVEL='loud'"),
         (["--redis-url", "redis://127.0.0.1:port/0"], {}, "is not a valid URL"),

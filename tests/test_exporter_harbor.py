@@ -162,7 +162,7 @@ def test_bad_configuration_is_a_clear_error(
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("http://127.0.0.1:6379", "must start with redis://, rediss:// or unix://"),
+        ("http://127.0.0.1:6379", "must start with redis://, rediss://, redis[+]sentinel://"),
         ("redis://127.0.0.1:notaport/0", "is not a valid URL"),
         ("redis://127.0.0.1:6379/zero", "the database 'zero' is not a number"),
         ("redis:///0", "names no host"),

@@ -32,6 +32,7 @@ from prometheus_client.exposition import default_handler
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from .families import FAMILIES, PUSHED
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from .service import Service
@@ -113,7 +114,7 @@ class PushOnExit:
             # which may quote the address it could not parse.
             password = _password(self.gateway)
             message = str(exc) if password is None else str(exc).replace(password, "***")
-            logger.error("jobmetrics: push to %s failed: %s", _redacted(self.gateway),
+            logger.error("jobmetrics: push to %s failed: %s", redact_url(self.gateway),
                          message)
             return False
         self.last_error = None
@@ -147,12 +148,3 @@ def _password(gateway: str) -> Optional[str]:
         return urlsplit(url).password or None
     except ValueError:
         return None
-
-
-def _redacted(gateway: str) -> str:
-    """``gateway`` with the password of its URL (``user:password@``) replaced by ``***``."""
-    password = _password(gateway)
-    if password is None:
-        return gateway
-    head, at, tail = gateway.rpartition("@")
-    return head.replace(f":{password}", ":***") + at + tail

@@ -25,12 +25,12 @@ from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
 from ..exposition import _display, _serve, metrics_app
+from ..redact import redact_url
 from .client import check_redis_url
 from .collector import RedisExporter
 from .layouts import LAYOUTS
 from .postgres import SCHEMES as POSTGRES_SCHEMES
 from .postgres import PostgresExporter
-from .redact import redact_url
 from .sql_layouts import SQL_LAYOUTS
 from .store import StoreExporter
 
@@ -51,6 +51,7 @@ ENV: Dict[str, str] = {
     "cache_seconds": "JOBMETRICS_EXPORTER_CACHE_SECONDS",
     "timeout": "JOBMETRICS_EXPORTER_TIMEOUT",
     "max_queues": "JOBMETRICS_EXPORTER_MAX_QUEUES",
+    "max_pools": "JOBMETRICS_EXPORTER_MAX_POOLS",
     "scheduled_total": "JOBMETRICS_EXPORTER_SCHEDULED_TOTAL",
     "log_level": "JOBMETRICS_EXPORTER_LOG_LEVEL",
     "web_config_file": "JOBMETRICS_EXPORTER_WEB_CONFIG_FILE",
@@ -197,6 +198,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queues", type=_positive_int,
                    default=_env("max_queues", _positive_int, 500),
                    help=f"most queues discovered per scrape (default 500) [{ENV['max_queues']}]")
+    p.add_argument("--max-pools", type=_positive_int,
+                   default=_env("max_pools", _positive_int, 100),
+                   help="most worker pools reported per job type, harbor layout (default "
+                   f"100) [{ENV['max_pools']}]")
     p.add_argument("--scheduled-total", action=argparse.BooleanOptionalAction,
                    default=_env("scheduled_total", _bool, False),
                    help="also emit Harbor's name <namespace>_task_scheduled_total (a gauge "
@@ -253,10 +258,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 timeout=args.timeout,
                 scheduled_total=args.scheduled_total,
                 max_queues=args.max_queues,
+                max_pools=args.max_pools,
                 registry=registry,
             )
     except (ValueError, TypeError, ImportError) as exc:
-        p.error(str(exc))  # exits with status 2
+        # One line, no usage text: the message names the option and the reason.
+        print(f"jobmetrics-exporter: error: {exc}", file=sys.stderr)
+        return 2
     # The exporter's own process, as every Prometheus exporter reports it.
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

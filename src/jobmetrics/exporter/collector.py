@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from .client import redis_client
+from .client import close_client, redis_client
 from .layouts import Layout, Reading, make_layout
 from .store import StoreExporter
 
@@ -40,8 +40,10 @@ class RedisExporter(StoreExporter):
     - ``harbor_task_exporter_read_errors_total``: reads that failed or timed out.
 
     Args:
-        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``); or give
-            ``client``, a ``redis.Redis`` of your own, instead.
+        redis_url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``, Harbor's
+            ``redis+sentinel://s1:26379,s2:26379/master/db``), with Harbor's parameters
+            such as ``?idle_timeout_seconds=30``; or give ``client``, a ``redis.Redis``
+            of your own, instead.
         layout: ``harbor``, ``rq``, ``celery`` or a :class:`Layout` instance.
         key_prefix: the layout's Redis key prefix (``harbor``:
             ``{harbor_job_service_namespace}``; ``rq``: ``rq``; ``celery``: none).
@@ -52,6 +54,8 @@ class RedisExporter(StoreExporter):
         timeout: the longest a scrape waits for Redis, in seconds.
         scheduled_total: also emit Harbor's name ``<namespace>_task_scheduled_total``.
         max_queues: the most queues discovered and read per scrape.
+        max_pools: the most worker pools reported per job type (``harbor``): a
+            ``lock_info`` hash with more fields is read and reported up to this many.
         registry: registered there (prometheus_client's global one by default); None
             registers nowhere.
     """
@@ -71,6 +75,7 @@ class RedisExporter(StoreExporter):
         timeout: float = 5.0,
         scheduled_total: bool = False,
         max_queues: int = 500,
+        max_pools: int = 100,
         registry: Optional[CollectorRegistry] = REGISTRY,
     ) -> None:
         if isinstance(layout, Layout):
@@ -80,7 +85,7 @@ class RedisExporter(StoreExporter):
                 )
             chosen = layout
         else:
-            chosen = make_layout(layout, key_prefix, queues, max_queues)
+            chosen = make_layout(layout, key_prefix, queues, max_queues, max_pools)
         super().__init__(
             chosen, namespace=namespace, cache_seconds=cache_seconds, timeout=timeout,
             scheduled_total=scheduled_total,
@@ -96,4 +101,4 @@ class RedisExporter(StoreExporter):
 
     def _close_store(self) -> None:
         if self._owns_client:
-            self._client.close()
+            close_client(self._client)

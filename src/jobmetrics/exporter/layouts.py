@@ -37,12 +37,11 @@ Key layouts, each checked against the job system's own source:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
-
-from .. import _errors
 
 __all__ = [
     "CELERY_ENQUEUED_HEADER",
@@ -57,6 +56,40 @@ __all__ = [
 ]
 
 Labels = Tuple[str, ...]
+
+logger = logging.getLogger("jobmetrics.exporter")
+
+# LLEN of each list in KEYS and a bounded prefix of the element at index ARGV[1]: no
+# Redis command reads part of a list element, so a script cuts it server-side and at
+# most ARGV[2] bytes per list cross the network and reach the JSON parser, however large
+# the job is. Per list: length, the element's full size (-1 when the list is empty) and
+# the prefix (nothing when ARGV[3] is 1 and the element is longer than ARGV[2]). Redis
+# itself still copies the element for the script, so a list whose length is ARGV[3 + i]
+# (the length when its oversized end was last read) is not read again: size -2.
+_ENDS_SCRIPT = """
+local out = {}
+local limit = tonumber(ARGV[2])
+local whole = ARGV[3] == '1'
+for i, key in ipairs(KEYS) do
+  local n = redis.call('LLEN', key)
+  local size, head = -1, ''
+  if n > 0 and n == tonumber(ARGV[3 + i]) then
+    size = -2
+  elseif n > 0 then
+    local v = redis.call('LINDEX', key, ARGV[1])
+    if v then
+      size = string.len(v)
+      if size <= limit or not whole then
+        head = string.sub(v, 1, limit)
+      end
+    end
+  end
+  out[#out + 1] = n
+  out[#out + 1] = size
+  out[#out + 1] = head
+end
+return out
+"""
 
 #: The Celery message header :func:`stamp_enqueue_time` sets (epoch seconds, a float).
 CELERY_ENQUEUED_HEADER = "jobmetrics_enqueued_at"
@@ -94,7 +127,7 @@ def _latency(now: float, enqueued_at: float) -> float:
     return max(0.0, now - enqueued_at)
 
 
-def _failed(layout: str, queue: str, replies: Sequence[Any], out: Reading) -> bool:
+def _failed(layout: Layout, queue: str, replies: Sequence[Any], out: Reading) -> bool:
     """True (and the failure logged once) when a command about ``queue`` failed.
 
     Pipelines run with ``raise_on_error=False``: one key of an unexpected type (WRONGTYPE)
@@ -103,9 +136,59 @@ def _failed(layout: str, queue: str, replies: Sequence[Any], out: Reading) -> bo
     for reply in replies:
         if isinstance(reply, Exception):
             out.errors.append(queue)
-            _errors.report(f"exporter layout {layout}, queue {queue!r}", reply)
+            layout.log_once(
+                "reading a queue's keys",
+                "reading queue %r failed (%s: %s); such queues are left out of the scrape",
+                queue, type(reply).__name__, reply,
+            )
             return True
     return False
+
+
+
+
+_WS = " \t\n\r"
+
+
+def _json_field(prefix: bytes, name: str, complete: bool) -> Any:
+    """The value of the top-level field ``name`` of the JSON object starting ``prefix``.
+
+    Only the fields before ``name`` are decoded, and only within ``prefix`` (the job may
+    go on beyond it when ``complete`` is false): the bounded read of a tail job whose
+    enqueue time comes first (gocraft/work writes ``name``, ``id``, then ``t``). Raises
+    ``KeyError`` when the field is not in the prefix, ``ValueError`` on what is not JSON;
+    a value nested deeper than the interpreter's recursion limit raises
+    ``RecursionError``, which callers treat as undecodable.
+    """
+    text = prefix.decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    end = len(text)
+
+    def skip(i: int) -> int:
+        while i < end and text[i] in _WS:
+            i += 1
+        return i
+
+    i = skip(0)
+    if i >= end or text[i] != "{":
+        raise ValueError("not a JSON object")
+    i = skip(i + 1)
+    while i < end and text[i] != "}":
+        key, i = decoder.raw_decode(text, i)
+        i = skip(i)
+        if not isinstance(key, str) or i >= end or text[i] != ":":
+            raise ValueError("not a JSON object")
+        value, i = decoder.raw_decode(text, skip(i + 1))
+        i = skip(i)
+        if i >= end and not complete:
+            break  # the value may go on beyond the prefix (a number cut short)
+        if key == name:
+            return value
+        if i < end and text[i] == ",":
+            i = skip(i + 1)
+        elif i < end and text[i] != "}":
+            raise ValueError("not a JSON object")
+    raise KeyError(name)
 
 
 def _bounded_members(client: Any, key: str, limit: int) -> Tuple[List[str], int]:
@@ -161,6 +244,57 @@ class Layout:
         self.key_prefix = self.default_key_prefix if key_prefix is None else key_prefix
         self.queues: Tuple[str, ...] = tuple(dict.fromkeys(queues))
         self.max_queues = max_queues
+        self._logged: Set[str] = set()
+        # list key -> (length, element size, prefix) of an end longer than its limit
+        self._oversized: Dict[str, Tuple[int, int, bytes]] = {}
+
+    def _ends(self, pipe: Any, keys: Sequence[str], index: int, limit: int,
+              whole: bool = False) -> None:
+        """Queue, on ``pipe``, the length and a ``limit``-byte prefix of ``keys``' ends.
+
+        With ``whole``, an element longer than ``limit`` is not sent at all (its size is).
+        An end longer than ``limit`` is read again only once its list's length changes:
+        Redis copies the whole element to cut it, which a 200 MiB job makes slow.
+        """
+        known = self.__dict__.setdefault("_oversized", {})
+        skip = [known[k][0] if k in known else -1 for k in keys]
+        pipe.eval(_ENDS_SCRIPT, len(keys), *keys, index, limit, 1 if whole else 0, *skip)
+
+    def _end_triples(self, reply: Any, keys: Sequence[str],
+                     limit: int) -> List[Tuple[int, int, bytes]]:
+        """``[(length, element size, element prefix)]`` from one :meth:`_ends` reply."""
+        if isinstance(reply, Exception):
+            raise reply
+        known: Dict[str, Tuple[int, int, bytes]] = self.__dict__.setdefault("_oversized", {})
+        out = []
+        for key, i in zip(keys, range(0, len(reply), 3)):
+            head = reply[i + 2]
+            triple = (int(reply[i]), int(reply[i + 1]),
+                      head if isinstance(head, bytes) else str(head).encode())
+            if triple[1] == -2:
+                triple = known[key]  # same length as when read: the same end, kept
+            elif triple[1] > limit:
+                if len(known) >= 4 * self.max_queues:
+                    known.clear()  # bounded however many queue names come and go
+                known[key] = triple
+            else:
+                known.pop(key, None)
+            out.append(triple)
+        return out
+
+    def log_once(self, place: str, message: str, *args: object) -> None:
+        """Log a warning the first time something goes wrong at ``place``, never again.
+
+        Keyed by the place in the code (a fixed string), not by the queue it happened
+        to: thousands of bad queues log one line, and the set of places stays small.
+        """
+        logged: Set[str] = self.__dict__.setdefault("_logged", set())
+        if place in logged:
+            return
+        logged.add(place)
+        logger.warning(
+            "jobmetrics exporter: layout %s: " + message + " (logged once)", self.name, *args
+        )
 
     def read(self, client: Any, now: Optional[float] = None) -> Reading:
         """Read every family of this layout from ``client`` (a ``redis.Redis``)."""
@@ -175,6 +309,23 @@ class HarborLayout(Layout):
     concurrency_labels = ("type", "pool")
     scheduled_labels = ()
     default_key_prefix = "{harbor_job_service_namespace}"
+    #: Bytes of a tail job read to find its enqueue time: gocraft/work writes ``name``,
+    #: ``id`` and then ``t``, so a job of any size costs at most this much.
+    job_prefix_bytes = 4096
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+        max_pools: int = 100,
+    ) -> None:
+        super().__init__(key_prefix, queues, max_queues)
+        if isinstance(max_pools, bool) or not isinstance(max_pools, int) or max_pools < 1:
+            raise ValueError(f"max_pools must be an int >= 1, got {max_pools!r}")
+        #: The most worker pools reported per job type (fields of its ``lock_info``).
+        self.max_pools = max_pools
+        self._prefix_given = key_prefix is not None
 
     def _key(self, suffix: str) -> str:
         ns = self.key_prefix
@@ -194,33 +345,76 @@ class HarborLayout(Layout):
         pipe = client.pipeline(transaction=False)
         for t in types:
             jobs = self._key("jobs:" + t)
-            pipe.llen(jobs)
-            pipe.lindex(jobs, -1)
-            pipe.hgetall(jobs + ":lock_info")
+            self._ends(pipe, [jobs], -1, self.job_prefix_bytes)
+            # HSCAN, not HGETALL: a hash with 200k fields costs max_pools, not 200k.
+            pipe.hscan(jobs + ":lock_info", 0, count=self.max_pools)
         pipe.zcard(self._key("scheduled"))
         replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         now = time.time() if now is None else now
         for i, t in enumerate(types):
-            size, tail, lock_info = replies[3 * i : 3 * i + 3]
-            if _failed(self.name, t, (size, tail, lock_info), out):
+            ends, lock_info = replies[2 * i : 2 * i + 2]
+            if _failed(self, t, (ends, lock_info), out):
                 continue
+            ((size, job_bytes, tail),) = self._end_triples(
+                ends, [self._key("jobs:" + t)], self.job_prefix_bytes)
             out.queue_size[t] = float(size)
-            if size == 0 or tail is None:
+            if size == 0 or job_bytes < 0:
                 out.queue_latency[t] = 0.0  # as gocraft/work's Queues(): empty means 0
             else:
-                try:
-                    out.queue_latency[t] = _latency(now, float(json.loads(tail)["t"]))
-                except (ValueError, KeyError, TypeError):
-                    out.errors.append(t)
-            for pool, count in sorted(lock_info.items()):
-                try:
-                    out.concurrency[(t, _text(pool))] = float(count)
-                except ValueError:
-                    out.errors.append(t)
-        if not _failed(self.name, "scheduled", replies[-1:], out):
+                self._tail_latency(t, tail, job_bytes, now, out)
+            self._pools(t, lock_info, out)
+        if not _failed(self, "scheduled", replies[-1:], out):
             out.scheduled[()] = float(replies[-1])
+        self._check_prefix(types, out)
         return out
+
+    def _tail_latency(self, t: str, tail: bytes, job_bytes: int, now: float,
+                      out: Reading) -> None:
+        try:
+            stamp = _json_field(tail, "t", complete=job_bytes <= len(tail))
+            if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+                raise TypeError(f"'t' is {type(stamp).__name__}, not a number")
+            out.queue_latency[t] = _latency(now, float(stamp))
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            out.errors.append(t)
+            self.log_once(
+                "decoding a tail job", "the oldest job of type %r (%d bytes) has no enqueue "
+                "time 't' in its first %d bytes (%s: %s); the latency of such types is left "
+                "out", t, job_bytes, self.job_prefix_bytes, type(exc).__name__, exc,
+            )
+
+    def _pools(self, t: str, lock_info: Any, out: Reading) -> None:
+        cursor, fields = lock_info
+        pools = sorted((_text(k), v) for k, v in fields.items())
+        if int(cursor) != 0 or len(pools) > self.max_pools:
+            self.log_once(
+                "bounding lock_info", "the lock_info of type %r holds more than %d worker "
+                "pools; %d are reported (max_pools)", t, self.max_pools, self.max_pools,
+            )
+        for pool, count in pools[: self.max_pools]:
+            try:
+                out.concurrency[(t, pool)] = float(count)
+            except ValueError:
+                out.errors.append(t)
+
+    def _check_prefix(self, types: Sequence[str], out: Reading) -> None:
+        # A prefix given without Harbor's braces is the usual mistake (Harbor's jobservice
+        # wraps its configured namespace in {...}): say so when it finds nothing.
+        p = self.key_prefix.rstrip(":")
+        if not self._prefix_given or (p.startswith("{") and p.endswith("}")):
+            return
+        if self.queues:  # given, not discovered: found when anything is there
+            found = any(out.queue_size.values()) or bool(out.concurrency)
+            found = found or bool(out.scheduled.get(()))
+        else:
+            found = bool(types)
+        if not found:
+            self.log_once(
+                "empty key prefix", "nothing found under the key prefix %r; Harbor's "
+                "jobservice wraps its namespace in braces: --key-prefix %r", self.key_prefix,
+                "{" + p + "}",
+            )
 
 
 def _rq_time(value: Any) -> float:
@@ -241,6 +435,8 @@ class RQLayout(Layout):
     concurrency_labels = ("queue",)
     scheduled_labels = ("queue",)
     default_key_prefix = "rq"
+    #: The longest head entry read as a job id (RQ's are UUIDs or names of the caller's).
+    job_id_bytes = 1024
 
     def read(self, client: Any, now: Optional[float] = None) -> Reading:
         """Sizes, latency of the head job, started (unexpired) and scheduled counts."""
@@ -254,8 +450,7 @@ class RQLayout(Layout):
         now = time.time() if now is None else now
         pipe = client.pipeline(transaction=False)
         for q in queues:
-            pipe.llen(f"{p}:queue:{q}")
-            pipe.lindex(f"{p}:queue:{q}", 0)
+            self._ends(pipe, [f"{p}:queue:{q}"], 0, self.job_id_bytes, whole=True)
             # Started entries are scored by when they expire: an entry already expired
             # belongs to a dead worker (RQ's cleanup moves it on), so it is not running.
             pipe.zcount(f"{p}:wip:{q}", now, "+inf")
@@ -264,14 +459,22 @@ class RQLayout(Layout):
         out.commands += len(replies)
         heads: List[Tuple[str, str]] = []
         for i, q in enumerate(queues):
-            size, head_id, started, scheduled = replies[4 * i : 4 * i + 4]
-            if _failed(self.name, q, (size, head_id, started, scheduled), out):
+            ends, started, scheduled = replies[3 * i : 3 * i + 3]
+            if _failed(self, q, (ends, started, scheduled), out):
                 continue
+            ((size, id_bytes, head_id),) = self._end_triples(
+                ends, [f"{p}:queue:{q}"], self.job_id_bytes)
             out.queue_size[q] = float(size)
             out.concurrency[(q,)] = float(started)
             out.scheduled[(q,)] = float(scheduled)
-            if size == 0 or head_id is None:
+            if size == 0 or id_bytes < 0:
                 out.queue_latency[q] = 0.0
+            elif id_bytes > self.job_id_bytes:
+                out.errors.append(q)  # no job of RQ's has such an id: age unknown
+                self.log_once(
+                    "reading a head job id", "the head of queue %r is %d bytes, not a job "
+                    "id; the latency of such queues is left out", q, id_bytes,
+                )
             else:
                 heads.append((q, _text(head_id)))
         if heads:
@@ -281,7 +484,7 @@ class RQLayout(Layout):
             stamps = pipe.execute(raise_on_error=False)
             out.commands += len(stamps)
             for (q, _), stamp in zip(heads, stamps):
-                if _failed(self.name, q, (stamp,), out):
+                if _failed(self, q, (stamp,), out):
                     continue
                 try:
                     out.queue_latency[q] = _latency(now, _rq_time(stamp))
@@ -296,7 +499,7 @@ PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's default priority_steps
 
 
 def _celery_enqueued_at(message: Any) -> Optional[float]:
-    payload = json.loads(message)
+    payload = json.loads(message)  # bounded: at most CeleryLayout.message_bytes
     headers = payload.get("headers") or {}
     stamp = headers.get(CELERY_ENQUEUED_HEADER)
     if stamp is None:
@@ -317,6 +520,10 @@ class CeleryLayout(Layout):
     #: to skip discovery altogether.
     max_scan_calls = 20
     scan_count = 1000
+    #: The largest tail message decoded for its enqueue time. kombu writes the body
+    #: before the headers, so a message is read whole or not at all; a larger one gives
+    #: its queue no latency sample.
+    message_bytes = 1 << 20
 
     def __init__(
         self,
@@ -365,29 +572,34 @@ class CeleryLayout(Layout):
         p = self.key_prefix
         pipe = client.pipeline(transaction=False)
         for q in queues:
-            for key in _priority_keys(p + q):
-                pipe.llen(key)
-                pipe.lindex(key, -1)
+            self._ends(pipe, list(_priority_keys(p + q)), -1, self.message_bytes, whole=True)
         replies = pipe.execute(raise_on_error=False)
         out.commands += len(replies)
         now = time.time() if now is None else now
-        per_queue = 2 * len(PRIORITY_STEPS)
-        for i, q in enumerate(queues):
-            chunk = replies[per_queue * i : per_queue * (i + 1)]
-            if _failed(self.name, q, chunk, out):
+        for q, reply in zip(queues, replies):
+            if _failed(self, q, (reply,), out):
                 continue
-            sizes, tails = chunk[0::2], chunk[1::2]
+            ends = self._end_triples(reply, list(_priority_keys(p + q)), self.message_bytes)
+            sizes = [size for size, _, _ in ends]
             out.queue_size[q] = float(sum(sizes))
             oldest: Optional[float] = None
             unknown = False
-            for size, tail in zip(sizes, tails):
-                if size == 0 or tail is None:
+            for size, message_bytes, tail in ends:
+                if size == 0 or message_bytes < 0:
                     continue
                 try:
+                    if message_bytes > self.message_bytes:
+                        raise ValueError(f"larger than {self.message_bytes} bytes")
                     stamp = _celery_enqueued_at(tail)
-                except (ValueError, TypeError, AttributeError):
+                except (ValueError, TypeError, AttributeError, OverflowError,
+                        RecursionError) as exc:
                     out.errors.append(q)
                     unknown = True
+                    self.log_once(
+                        "decoding a tail message", "the oldest message of queue %r "
+                        "(%d bytes) could not be decoded (%s: %s); the latency of such "
+                        "queues is left out", q, message_bytes, type(exc).__name__, exc,
+                    )
                     continue
                 if stamp is None:
                     unknown = True
@@ -427,12 +639,18 @@ def make_layout(
     key_prefix: Optional[str] = None,
     queues: Sequence[str] = (),
     max_queues: int = 500,
+    max_pools: int = 100,
 ) -> Layout:
-    """The layout called ``name`` (``harbor``, ``rq`` or ``celery``)."""
+    """The layout called ``name`` (``harbor``, ``rq`` or ``celery``).
+
+    ``max_pools`` bounds the worker pools reported per job type (``harbor`` only).
+    """
     try:
         cls = LAYOUTS[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"layout={name!r} is not a known layout: choose one of {', '.join(LAYOUTS)}"
         ) from None
+    if cls is HarborLayout:
+        return HarborLayout(key_prefix, queues, max_queues, max_pools)
     return cls(key_prefix=key_prefix, queues=queues, max_queues=max_queues)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from ..redact import redact_url
 from .layouts import Reading
-from .redact import redact_url
 from .sql_layouts import SqlLayout, make_sql_layout
 from .store import StoreExporter
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Iterable, List, Optional
 
@@ -86,7 +86,6 @@ class StoreExporter(Collector):
         self._prefix = f"{namespace}_task_" if namespace else "task_"
 
         self._lock = threading.Lock()
-        self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[Future[Reading]] = None
         self._snapshot: Optional[_Snapshot] = None
         self._up = False
@@ -110,6 +109,23 @@ class StoreExporter(Collector):
 
     # -- reading ---------------------------------------------------------------------
 
+    def _start_read(self) -> Future[Reading]:
+        # A daemon thread per read, not an executor: a read stuck on a client without a
+        # socket timeout (``client=`` of the caller's) must not keep the interpreter from
+        # exiting after close(), and concurrent.futures joins its workers at exit.
+        future: Future[Reading] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self._read())
+            except BaseException as exc:  # handed to the scrape waiting on it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="jobmetrics-exporter-read", daemon=True).start()
+        return future
+
     def _fresh(self) -> Optional[Reading]:
         """A reading no older than ``cache_seconds``, or None when the store failed us."""
         with self._lock:
@@ -117,9 +133,7 @@ class StoreExporter(Collector):
             if snap is not None and time.monotonic() - snap.at < self.cache_seconds:
                 return snap.reading
             if self._inflight is None or self._inflight.done():
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, "jobmetrics-exporter")
-                self._inflight = self._executor.submit(self._read)
+                self._inflight = self._start_read()
             future = self._inflight
         start = time.perf_counter()
         error: Optional[BaseException] = None
@@ -253,13 +267,12 @@ class StoreExporter(Collector):
         yield from self._health()
 
     def close(self) -> None:
-        """Stop the reader thread and close the connections this exporter made (after the
-        read in flight, if any, which waits at most ``timeout``)."""
+        """Close the connections this exporter made, after the read in flight, if any,
+        which is waited for at most ``timeout``. The reader thread is a daemon: even a
+        read blocked on a ``client=`` without a socket timeout does not keep the process
+        alive."""
         with self._lock:
-            executor, self._executor = self._executor, None
-            inflight = self._inflight
-        if executor is not None:
-            executor.shutdown(wait=False)
+            inflight, self._inflight = self._inflight, None
         if inflight is not None:
             # A connection must not be closed under the read using it; the read itself
             # is bounded by the store's timeouts.

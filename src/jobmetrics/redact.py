@@ -1,4 +1,5 @@
-"""Store URLs with their secrets blanked, for log lines and error messages."""
+"""URLs with their secrets blanked, for log lines and error messages (a store's URL, a
+Pushgateway address, with or without a scheme)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ __all__ = ["redact_url"]
 
 # user:password@ in the authority; password= (or libpq's sslpassword=) as a query
 # parameter or in a key=value conninfo string.
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):[^@/?#]*@")
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^:/?#@]*):[^@/?#]*@")
 _PARAM = re.compile(r"((?:^|[?&\s])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.I)
 
 
