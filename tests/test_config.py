@@ -10,7 +10,8 @@ from promcheck import samples, scrape, value
 
 FAMILIES = (
     "http_inflight_requests", "http_request_total", "http_request_duration_seconds",
-    "task_total", "task_process_time_seconds", "task_success_rate", "running_task",
+    "task_total", "task_process_time_seconds", "task_success_rate", "task_retries_total",
+    "running_task",
     "pending_task", "queue_size", "info",
 )
 

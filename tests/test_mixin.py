@@ -664,8 +664,6 @@ def test_rules_load_and_evaluate(stack: Stack) -> None:
 
 #: Queries that find nothing on a healthy demo and exporter, and why.
 EMPTY = {
-    # task_retries_total is in the contract; no integration emits it yet.
-    "Retries by type", "job_type:harbor_jobservice_task_retries:rate5m",
     # finished_total comes from SQL stores with job history; the test's store is Redis.
     "Finished jobs",
     # The demo answers no request with a 5xx.
@@ -731,8 +729,7 @@ def test_every_exposed_family_is_in_a_dashboard(stack: Stack) -> None:
     # The real endpoints expose every family the mixin names, but the ones nothing emits
     # in this stack.
     names = set(Names.of(config).all().values())
-    assert names - ours == {"harbor_jobservice_task_retries_total",
-                            "harbor_task_finished_total"}
+    assert names - ours == {"harbor_task_finished_total"}
 
 
 def test_native_histogram_branch(stack: Stack) -> None:

@@ -535,3 +535,15 @@ def test_celery_decorator_order(m: JobMetrics, registry: CollectorRegistry) -> N
     assert collect.name.endswith(".collect")  # Celery names it after the function
     assert collect.apply(args=(21,)).get() == 42  # as a worker runs it
     assert value(registry, "harbor_jobservice_task_total", type="gc", status="success") == 1
+
+
+def test_retries_are_counted_per_type(m: JobMetrics, registry) -> None:
+    state = m.task_series("sync")
+    assert state is not None
+    assert value(registry, "harbor_jobservice_task_retries_total", type="sync") == 0.0
+    for _ in range(2):  # an attempt that will be retried: fail, and one retry
+        start = state.begin()
+        state.retried()
+        state.end(1, start)
+    assert value(registry, "harbor_jobservice_task_retries_total", type="sync") == 2.0
+    assert counts(registry, "sync") == (0.0, 2.0, 0.0)

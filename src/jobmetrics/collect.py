@@ -125,10 +125,11 @@ def render(merged: Mapping[Key, float], table: FamilyTable, info: Mapping[str, s
                       exemplars.get(labels) if exemplars is not None else None)
 
     total, ptime = table.counter("tasks"), table.duration("process_time")
+    retries = table.counter("retries")
     rate, running, pending = (table.gauge(k) for k in ("success_rate", "running", "pending"))
     types = {labels[0] for k in ("process_time", "success_rate", "running", "pending")
              for labels in series(k)}
-    ptimes, rates = series("process_time"), series("success_rate")
+    ptimes, rates, retried = series("process_time"), series("success_rate"), series("retries")
     runs, pends = series("running"), series("pending")
     for t in sorted(types):
         for status in STATUSES:
@@ -138,6 +139,7 @@ def render(merged: Mapping[Key, float], table: FamilyTable, info: Mapping[str, s
         parts = rates.get((t,), empty)
         good, bad = parts.get((_WSUM, 1), 0.0), parts.get((_WSUM, 0), 0.0)
         rate.add_metric((t,), good / (good + bad) if good + bad else math.nan)
+        retries.add_metric((t,), retried.get((t,), empty).get((_ALL,), 0.0))
         running.add_metric((t,), runs.get((t,), empty).get(live_part, 0.0))
         pending.add_metric((t,), pends.get((t,), empty).get(live_part, 0.0))
 
@@ -150,7 +152,8 @@ def render(merged: Mapping[Key, float], table: FamilyTable, info: Mapping[str, s
     if shown.get("workers") in ("", "0"):
         shown["workers"] = str(live)
     fam_info.add_metric((), shown)
-    out = [inflight, requests, rdur, total, ptime, rate, running, pending, size, fam_info]
+    out = [inflight, requests, rdur, total, ptime, rate, retries, running, pending, size,
+           fam_info]
     waits = series("queue_wait")
     if waits:
         wait = table.duration("queue_wait")

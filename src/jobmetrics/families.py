@@ -82,6 +82,9 @@ FAMILIES: Dict[str, Family] = {
         "task_success_rate", "gauge", ("type",),
         "Share of tasks that succeeded, success / (success + fail), among those finished "
         "within the success-rate window; NaN when none finished in it.", Merge.RATIO),
+    "retries": Family("task_retries", "counter", ("type",),
+                      "Total number of task attempts that ended in a retry (each also counts "
+                      "as a failed task).", Merge.ALL),
     "running": Family("running_task", "gauge", ("type",), "Number of tasks executing now.",
                       Merge.LIVE),
     "pending": Family("pending_task", "gauge", ("type",),
@@ -99,7 +102,7 @@ FAMILIES: Dict[str, Family] = {
 }
 
 #: Families a short-lived job pushes to a Pushgateway (see push.py).
-PUSHED = ("tasks", "process_time", "success_rate", "info", "batch_success")
+PUSHED = ("tasks", "process_time", "success_rate", "retries", "info", "batch_success")
 
 
 class FamilyTable:

@@ -46,10 +46,10 @@ _GOOD, _BAD = 1, 0
 
 class TaskState:
     """Running and pending counts, durations per status (their ``_count`` is
-    ``task_total``) and the success-rate window of one task type."""
+    ``task_total``), retries and the success-rate window of one task type."""
 
-    __slots__ = ("__weakref__", "_durations", "_keys", "_pending", "_ratio", "_running",
-                 "_store", "type")
+    __slots__ = ("__weakref__", "_durations", "_keys", "_pending", "_ratio", "_retries",
+                 "_running", "_store", "type")
 
     def __init__(self, store: Store, table: FamilyTable, task_type: str) -> None:
         self.type = task_type
@@ -62,18 +62,15 @@ class TaskState:
             for status in STATUSES]
         self._ratio = Window(store, table.names["success_rate"], labels,
                              table.window("success_rate"), s.age_buckets)
-        self._running = self._pending = 0
-        self._keys = (
-            (table.names["running"], labels, (FAMILIES["running"].rule,)),
-            (table.names["pending"], labels, (FAMILIES["pending"].rule,)),
-        )
+        self._running = self._pending = self._retries = 0
+        self._keys = tuple((table.names[k], labels, (FAMILIES[k].rule,))
+                           for k in ("running", "pending", "retries"))
         self.bind()
 
     def bind(self) -> None:
         """Take this type's cells in the store (again, after a fork)."""
         store = self._store
-        self._running = store.cell(self._keys[0])
-        self._pending = store.cell(self._keys[1])
+        self._running, self._pending, self._retries = (store.cell(k) for k in self._keys)
         for d in self._durations:
             d.bind()
         self._ratio.bind()
@@ -121,6 +118,15 @@ class TaskState:
         except Exception as exc:  # pragma: no cover - defensive
             _errors.report("task begin", exc)
         return perf_counter()
+
+    def retried(self) -> None:
+        """One attempt ended in a retry (record it ``fail`` too, with :meth:`end`)."""
+        store = self._store
+        try:
+            with store.lock:
+                store.values[self._retries] += 1.0
+        except Exception as exc:  # pragma: no cover - defensive
+            _errors.report("task retry", exc)
 
     def unrun(self) -> None:
         """Running -1 without finishing a task: an inner layer took the run over."""
