@@ -209,3 +209,29 @@ def test_default_instance(monkeypatch: pytest.MonkeyPatch, registry) -> None:
 def test_repr(registry) -> None:
     assert repr(JobMetrics(registry=registry, enabled=False)) == (
         "JobMetrics(namespace='harbor', subsystem='jobservice', enabled=False)")
+
+
+def test_other_settings_error_names_each_difference(registry) -> None:
+    JobMetrics(registry=registry, process_collectors=False, max_age=60.0)
+    with pytest.raises(ValueError) as info:
+        JobMetrics(registry=registry, process_collectors=False, max_age=30.0,
+                   task_duration="histogram")
+    message = str(info.value)
+    assert "max_age=30.0 (the first has 60.0)" in message
+    assert "task_duration='histogram' (the first has 'summary')" in message
+    assert "quantiles" not in message
+
+
+def test_ignored_arguments_warn(registry) -> None:
+    with pytest.warns(UserWarning, match="buckets= is ignored with summary durations"):
+        JobMetrics(registry=CollectorRegistry(), process_collectors=False, buckets=(1.0, 2.0))
+    JobMetrics(registry=registry, process_collectors=False, pool="p0", workers=4)
+    with pytest.warns(UserWarning, match="pool='p1', workers='8' ignored"):
+        JobMetrics(registry=registry, process_collectors=False, pool="p1", workers=8)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        JobMetrics(registry=registry, process_collectors=False)  # nothing given: no warning
+        JobMetrics(registry=CollectorRegistry(), process_collectors=False,
+                   task_duration="histogram", buckets=(1.0, 2.0))

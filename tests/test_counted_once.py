@@ -139,3 +139,49 @@ def test_running_an_executor_inside_a_task_counts_the_inner_job(m: JobMetrics,
         assert outer() == 1
     assert counts(registry, "outer") == (1.0, 0.0, 0.0)
     assert counts(registry, "inner") == (1.0, 0.0, 0.0)
+
+
+def test_two_wsgi_middlewares_on_one_app_count_a_request_once(m: JobMetrics,
+                                                              registry) -> None:
+    from jobmetrics import WSGIMiddleware
+
+    def app(environ: dict, start_response) -> list:  # type: ignore[no-untyped-def, type-arg]
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    other = JobMetrics("other", registry=registry, process_collectors=False)
+    inner = WSGIMiddleware(app, metrics=m, operation=lambda e: "/x")
+    wrapped = WSGIMiddleware(WSGIMiddleware(inner, metrics=m, operation=lambda e: "/x"),
+                             metrics=other, operation=lambda e: "/x")
+    for _ in range(3):
+        body = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda *a: None)
+        assert list(body) == [b"ok"]
+        body.close()  # type: ignore[attr-defined]
+    labels = {"method": "GET", "code": "200", "operation": "/x"}
+    assert value(registry, P + "http_request_total", **labels) == 3.0
+    # Other families are other families: they record too.
+    assert value(registry, "other_jobservice_http_request_total", **labels) == 3.0
+    assert value(registry, P + "http_inflight_requests") == 0.0
+
+
+def test_two_asgi_middlewares_on_one_app_count_a_request_once(m: JobMetrics,
+                                                              registry) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from jobmetrics import ASGIMiddleware
+
+    async def hello(request) -> PlainTextResponse:  # type: ignore[no-untyped-def]
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/items/{id}", hello)])
+    app.add_middleware(ASGIMiddleware, metrics=m)
+    outer = ASGIMiddleware(app, metrics=m)
+    with TestClient(outer) as client:
+        for i in range(4):
+            assert client.get(f"/items/{i}").text == "hi"
+    labels = {"method": "GET", "code": "200", "operation": "/items/{id}"}
+    assert value(registry, P + "http_request_total", **labels) == 4.0
+    assert value(registry, P + "http_inflight_requests") == 0.0

@@ -547,3 +547,14 @@ def test_retries_are_counted_per_type(m: JobMetrics, registry) -> None:
         state.end(1, start)
     assert value(registry, "harbor_jobservice_task_retries_total", type="sync") == 2.0
     assert counts(registry, "sync") == (0.0, 2.0, 0.0)
+
+
+def test_a_class_is_refused(m: JobMetrics) -> None:
+    class Job:
+        def run(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="decorates a function or method, got the class 'Job'"):
+        m.task(Job)
+    with pytest.raises(TypeError, match="got the class"):
+        m.task("job")(Job)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Iterable, MutableMapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import _errors
-from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
+from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 
 __all__ = ["ASGIMiddleware", "starlette_operation"]
 
@@ -148,9 +148,11 @@ class ASGIMiddleware:
         # excluded paths are given as the app sees them, without it.
         if root_path and path.startswith(root_path):
             path = path[len(root_path):]
-        if path in self._policy.exclude:
+        if path in self._policy.exclude or scope.get(RECORDING) is http:
+            # Excluded, or an outer ASGIMiddleware on the same families records it.
             await self.app(scope, receive, send)
             return
+        scope[RECORDING] = http
         start = http.begin()
         status: Optional[int] = None
         finished = False
@@ -192,6 +194,8 @@ class ASGIMiddleware:
         except BaseException:
             finish("500" if status is None else str(status))
             raise
+        finally:
+            scope.pop(RECORDING, None)  # a scope used again is another request
         # A response that ended without a final body message (or none at all).
         finish(str(status) if status is not None else "500")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union, overload
@@ -52,12 +54,25 @@ def _attach(
         families = by_prefix.get(settings.prefix)
         if families is not None:
             if families.settings != settings:
+                differ = ", ".join(
+                    f"{f.name}={getattr(settings, f.name)!r} (the first has "
+                    f"{getattr(families.settings, f.name)!r})"
+                    for f in dataclasses.fields(Settings)
+                    if getattr(settings, f.name) != getattr(families.settings, f.name))
                 raise ValueError(
                     f"a JobMetrics with namespace={settings.namespace!r} and "
                     f"subsystem={settings.subsystem!r} already exists on this registry "
-                    "with different settings; reuse that instance, or give this one another "
-                    "namespace, subsystem or registry"
+                    f"with different settings: {differ}; reuse that instance, or give this one "
+                    "another namespace, subsystem or registry"
                 )
+            given = {"pool": pool, "workers": str(workers)}
+            ignored = [f"{k}={v!r}" for k, v in given.items()
+                       if v not in ("", "0") and families.info.get(k) != v]
+            if ignored:
+                warnings.warn(
+                    f"JobMetrics: {', '.join(ignored)} ignored: this instance shares the "
+                    "families of an earlier one on the same registry and prefix; use "
+                    "set_info() to change the info labels", stacklevel=4)
             return families
         families = Service(settings, node, pool, workers)
         try:
@@ -181,6 +196,12 @@ class JobMetrics:
             success_rate_window=success_rate_window,
             multiprocess_dir=directory,
         )
+        if (self.settings.buckets != DEFAULT_BUCKETS
+                and self.settings.task_duration == self.settings.http_duration == "summary"):
+            warnings.warn(
+                "JobMetrics: buckets= is ignored with summary durations; give "
+                "task_duration='histogram' and/or http_duration='histogram' to use them",
+                stacklevel=2)
         if node is None:
             node = socket.gethostname()
         elif not isinstance(node, str):
@@ -323,6 +344,11 @@ class JobMetrics:
         plain = getattr(fn, "__func__", fn) if isinstance(fn, (classmethod, staticmethod)) else fn
         if not callable(plain):
             raise TypeError(f"task() decorates a callable, got {fn!r}")
+        if isinstance(plain, type):
+            # Each call would be the constructor, counted as a task.
+            raise TypeError(
+                f"task() decorates a function or method, got the class {plain.__name__!r}: "
+                "decorate the method that does the work (e.g. its run() or __call__)")
         if _is_celery_task(plain):
             # The worker would run the Celery task it registered, not our wrapper.
             raise TypeError(

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .core import JobMetrics
     from .state import HttpState
 
-__all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "UNKNOWN", "LabelPolicy"]
+__all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "RECORDING", "UNKNOWN", "LabelPolicy"]
 
 logger = logging.getLogger("jobmetrics")
 
@@ -24,6 +24,10 @@ OTHER_METHOD = "other"
 UNKNOWN = "unknown"
 #: ``operation`` of new label sets once the series budget is spent.
 OVERFLOW = "overflow"
+#: The scope/environ key under which a middleware leaves the ``m.http`` it records a
+#: request into: a second middleware on the same families (one app wrapped twice) lets
+#: the request through uncounted, so it is recorded once.
+RECORDING = "jobmetrics.recording"
 
 
 class _Budget:

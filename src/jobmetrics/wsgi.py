@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _errors
-from .http_common import UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
+from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 from .state import HttpState
 
 __all__ = ["WSGIMiddleware", "flask_operation"]
@@ -177,8 +177,11 @@ class WSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         http = self._http
-        if http is None or environ.get("PATH_INFO") in self._policy.exclude:
+        if (http is None or environ.get("PATH_INFO") in self._policy.exclude
+                or environ.get(RECORDING) is http):
+            # Off, excluded, or an outer WSGIMiddleware on the same families records it.
             return self.app(environ, start_response)
+        environ[RECORDING] = http
         start = http.begin()
         # [code, operation]: both read when the app calls start_response, while the
         # framework's request is still alive (Flask drops it from the environ as soon as
@@ -210,6 +213,7 @@ class WSGIMiddleware:
             if finished:
                 return
             finished = True
+            environ.pop(RECORDING, None)  # an environ used again is another request
             code, op = state if state else ("500", resolve())
             labels = self._policy.labels(environ.get("REQUEST_METHOD", "GET"), code or "500",
                                          op or UNKNOWN)
