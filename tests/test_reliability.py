@@ -235,3 +235,25 @@ def test_a_wall_clock_step_back_keeps_quantiles_and_rate(
               quantile="0.5")
     assert q is not None and not math.isnan(q)
     assert value(m.registry, P + "task_success_rate", type="gc") == 1.0
+
+
+def test_task_types_and_queue_names_have_a_series_budget(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import queue
+
+    m = JobMetrics(registry=CollectorRegistry(), process_collectors=False, max_series=3)
+    with caplog.at_level(logging.WARNING, logger="jobmetrics"):
+        for i in range(50):  # task types from user data
+            with m.track_task(f"type-{i}"):
+                pass
+        queues = [m.instrument_queue(queue.Queue(), name=f"q{i}") for i in range(5)]
+    got = samples(scrape(m.registry))
+    types = {dict(labels)["type"] for name, labels in got if name == P + "task_total"}
+    assert types == {"type-0", "type-1", "type-2", "overflow"}
+    assert got[(P + "task_total", (("status", "success"), ("type", "overflow")))] == 47.0
+    names = {dict(labels)["queue"] for name, labels in got if name == P + "queue_size"}
+    assert names == {"q0", "q1", "q2", "overflow"}
+    assert len([r for r in caplog.records if "overflow" in r.getMessage()]) == 2
+    with pytest.raises(ValueError, match="max_series"):
+        JobMetrics(registry=CollectorRegistry(), max_series=0)
+    del queues

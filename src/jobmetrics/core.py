@@ -134,6 +134,9 @@ class JobMetrics:
             (``buckets``) for the two duration families.
         buckets: histogram upper bounds, in seconds.
         success_rate_window: seconds of finished tasks the success rate is computed over.
+        max_series: the most task types, and the most queue names, recorded (per
+            process); past it a new one is recorded as ``"overflow"``, with one warning,
+            so a task type taken from user data cannot grow the scrape without bound.
         node, pool, workers: labels of the ``info`` family (node defaults to the host name).
         port, addr, path: where :meth:`start_http_server` serves (Harbor's
             ``metric: {port, path}``).
@@ -159,6 +162,7 @@ class JobMetrics:
         http_duration: str = "summary",
         buckets: Iterable[float] = DEFAULT_BUCKETS,
         success_rate_window: float = 600.0,
+        max_series: int = 1000,
         node: Optional[str] = None,
         pool: str = "",
         workers: int = 0,
@@ -194,6 +198,7 @@ class JobMetrics:
             http_duration=http_duration,
             buckets=_as_tuple(buckets),
             success_rate_window=success_rate_window,
+            max_series=max_series,
             multiprocess_dir=directory,
         )
         if (self.settings.buckets != DEFAULT_BUCKETS

@@ -9,13 +9,16 @@ cell key: lone surrogates become U+FFFD, and a value that is not a ``str`` becom
 
 from __future__ import annotations
 
-from typing import Tuple
+import threading
+from typing import Set, Tuple
 
 from . import _errors
 
-__all__ = ["UNKNOWN", "clean"]
+__all__ = ["OVERFLOW", "UNKNOWN", "Budget", "clean"]
 
 UNKNOWN = "unknown"
+#: The label value of new series once a budget is spent.
+OVERFLOW = "overflow"
 
 
 def _clean_one(value: object) -> str:
@@ -34,3 +37,33 @@ def _clean_one(value: object) -> str:
 def clean(values: Tuple[object, ...]) -> Tuple[str, ...]:
     """``values`` as label values that encode (see the module docstring)."""
     return tuple(_clean_one(v) for v in values)
+
+
+class Budget:
+    """At most ``limit`` distinct values of one label (task types, queue names); past it a
+    new value becomes :data:`OVERFLOW`, with one warning. Values come from user data (a
+    task type from a request body), so their number must be bounded, as the series are."""
+
+    __slots__ = ("_lock", "_seen", "_warned", "limit", "what")
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        self._seen: Set[str] = set()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def admit(self, value: str) -> str:
+        """``value``, or :data:`OVERFLOW` when the budget is spent."""
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit or value in self._seen:
+                self._seen.add(value)
+                return value
+            if not self._warned:
+                self._warned = True
+                _errors.logger.warning(
+                    "jobmetrics: more than %d %s; new ones are recorded as %r (raise "
+                    "max_series, or map them to fewer names)", self.limit, self.what, OVERFLOW)
+        return OVERFLOW

@@ -267,6 +267,7 @@ def instrument_queue(
     if not metrics.enabled:
         return q
     sizes = metrics.queue_sizes
+    name = sizes.names.admit(name)
     import multiprocessing.queues as mpq
 
     sizes.register(name, q, _mp_simple_size if isinstance(q, mpq.SimpleQueue) else _qsize)

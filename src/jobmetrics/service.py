@@ -21,6 +21,7 @@ from . import _errors
 from .cells import MemoryStore
 from .collect import merge, render
 from .families import FAMILIES, FamilyTable, Merge
+from .labels import Budget
 from .multiprocess import FileStore
 from .settings import Settings
 from .state import HttpState, QueueSizes, QueueWaits, TaskState, make_task_state
@@ -44,9 +45,11 @@ class Service(Collector):
                                            lambda: HttpState(store, table))
         self.queues: QueueSizes = store.state(
             ("queue_size", names["queue_size"]),
-            lambda: QueueSizes(store, table, on_register=self._queue_registered))
+            lambda: QueueSizes(store, table, on_register=self._queue_registered,
+                               names=Budget("queue names", settings.max_series)))
         self.queue_waits = QueueWaits(store, table)
         self._tasks: Dict[str, TaskState] = {}
+        self._types = Budget("task types", settings.max_series)
         self._lock = threading.Lock()
         self._families = frozenset(names[k] for k, f in FAMILIES.items()
                                    if f.merge is not Merge.SINGLE)
@@ -65,8 +68,11 @@ class Service(Collector):
             with self._lock:
                 state = self._tasks.get(task_type)
                 if state is None:
-                    state = self._tasks[task_type] = make_task_state(
-                        self.store, self.table, task_type)
+                    admitted = self._types.admit(task_type)
+                    state = self._tasks.get(admitted)
+                    if state is None:
+                        state = self._tasks[admitted] = make_task_state(
+                            self.store, self.table, admitted)
         return state
 
     # -- collector ---------------------------------------------------------------

@@ -127,6 +127,7 @@ class Settings:
     http_duration: str = "summary"
     buckets: Tuple[float, ...] = DEFAULT_BUCKETS
     success_rate_window: float = 600.0
+    max_series: int = 1000
     multiprocess_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -149,6 +150,7 @@ class Settings:
             "success_rate_window",
             check_positive("success_rate_window", self.success_rate_window),
         )
+        check_int("max_series", self.max_series, 1)
         if not isinstance(self.multiprocess_dir, str):
             raise TypeError(
                 f"multiprocess_dir must be a str, got {type(self.multiprocess_dir).__name__}"

@@ -22,7 +22,7 @@ from . import _errors
 from .cells import Store
 from .durations import Duration, ExemplarData
 from .families import FAMILIES, FamilyTable
-from .labels import clean
+from .labels import Budget, clean
 from .window import Window
 
 __all__ = [
@@ -277,7 +277,10 @@ class QueueSizes:
     """
 
     def __init__(self, store: Store, table: FamilyTable,
-                 on_register: Optional[Callable[[], None]] = None) -> None:
+                 on_register: Optional[Callable[[], None]] = None,
+                 names: Optional[Budget] = None) -> None:
+        #: The budget of queue names (instrumented queues take their name through it).
+        self.names = names if names is not None else Budget("queue names", 1000)
         self._store = store
         self._family = table.names["queue_size"]
         self._lock = threading.Lock()
