@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable, MutableMapping
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from . import _errors
 from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
+
+if TYPE_CHECKING:
+    from .core import JobMetrics
 
 __all__ = ["ASGIMiddleware", "starlette_operation"]
 
@@ -116,7 +119,7 @@ class ASGIMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        metrics: Any = None,
+        metrics: Optional[JobMetrics] = None,
         *,
         operation: Optional[Callable[[Scope], Optional[str]]] = None,
         exclude_paths: Optional[Iterable[str]] = None,

@@ -25,11 +25,14 @@ import asyncio
 import inspect
 import logging
 from types import TracebackType
-from typing import Any, Callable, List, Optional, Type
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
 from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import Stopped, status_of
+
+if TYPE_CHECKING:
+    from .core import JobMetrics
 
 __all__ = ["WorkerPool"]
 
@@ -45,7 +48,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        metrics: Any,
+        metrics: JobMetrics,
         queue: Any,
         handler: Callable[[Any], Any],
         workers: int = 1,
@@ -118,7 +121,8 @@ class WorkerPool:
                 if self._series is None:
                     self._series = self._metrics.task_series(self._type)
                 series = self._series
-                start = series.begin()
+                if series is not None:
+                    start = series.begin()
             if series is not None:
                 # A @m.task handler takes the run over: each item counted once.
                 run = OuterRun(series)

@@ -10,7 +10,17 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from typing_extensions import Unpack
@@ -29,9 +39,17 @@ from .settings import (
 from .state import HttpState, QueueSizes, QueueWaits, TaskState
 from .tasks import TaskHandle, instrument
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from .asyncio_workers import WorkerPool
+
 __all__ = ["JobMetrics", "default_metrics", "set_default_metrics"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: A queue or executor: the instrumented proxy passes for one (``isinstance`` holds).
+Q = TypeVar("Q")
+EX = TypeVar("EX", bound="Executor")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -407,8 +425,8 @@ class JobMetrics:
         return self._service.queue_waits if self._service is not None else None
 
     def instrument_queue(
-        self, q: Any, name: str, type_of: Optional[Callable[[Any], str]] = None
-    ) -> Any:
+        self, q: Q, name: str, type_of: Optional[Callable[[Any], str]] = None
+    ) -> Q:
         """A transparent proxy over ``q`` reporting ``queue_size{queue=name}``.
 
         ``q`` is a ``queue.Queue``, ``queue.SimpleQueue``, ``asyncio.Queue`` or
@@ -420,9 +438,10 @@ class JobMetrics:
         """
         from .queue_proxy import instrument_queue
 
-        return instrument_queue(self, q, name, type_of)
+        proxy: Q = instrument_queue(self, q, name, type_of)
+        return proxy
 
-    def instrument_executor(self, ex: Any, type: Optional[str] = None) -> Any:
+    def instrument_executor(self, ex: EX, type: Optional[str] = None) -> EX:
         """A transparent proxy over a ``concurrent.futures`` executor: every ``submit``
         and ``map`` item is a task, pending until it starts, then running, then counted
         with its status and run time. ``type`` overrides the task type (default: the
@@ -431,13 +450,14 @@ class JobMetrics:
         """
         from .executors import instrument_executor
 
-        return instrument_executor(self, ex, type)
+        proxy: EX = instrument_executor(self, ex, type)
+        return proxy
 
     def worker_pool(
         self, q: Any, handler: Callable[[Any], Any], workers: int = 1,
         type: Optional[str] = None,
         on_error: Optional[Callable[[Any, BaseException], None]] = None,
-    ) -> Any:
+    ) -> WorkerPool:
         """A :class:`jobmetrics.asyncio_workers.WorkerPool` of ``workers`` asyncio
         tasks running ``await handler(item)`` for each item of the asyncio queue ``q``.
         """

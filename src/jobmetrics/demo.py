@@ -51,7 +51,8 @@ class Demo:
         self._waiters_lock = threading.Lock()
         self.fail_rate = fail_rate
         self.stop_event = threading.Event()
-        self.jobs = metrics.instrument_queue(queue.Queue(), name="jobs",
+        self.jobs: queue.Queue[Tuple[str, int]] = metrics.instrument_queue(
+            queue.Queue(), name="jobs",
                                              type_of=lambda job: job[0])
         self.pool = metrics.instrument_executor(ThreadPoolExecutor(workers,
                                                                    thread_name_prefix="job"))

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optio
 import wrapt
 
 if TYPE_CHECKING:
+    from .core import JobMetrics
     _Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
@@ -153,7 +154,7 @@ class _RemoteRun:
 class ExecutorProxy(_Proxy):
     """An executor whose ``submit``/``map`` calls are tasks (see the module doc)."""
 
-    def __init__(self, wrapped: Executor, metrics: Any, task_type: Optional[str]) -> None:
+    def __init__(self, wrapped: Executor, metrics: JobMetrics, task_type: Optional[str]) -> None:
         super().__init__(wrapped)
         self._self_metrics = metrics
         self._self_type = task_type
@@ -167,8 +168,8 @@ class ExecutorProxy(_Proxy):
             return self._self_plans[fn]
         except (KeyError, TypeError):  # not seen yet, or unhashable
             pass
-        state: TaskState = self._self_metrics.task_series(
-            self._self_type or task_type_of(fn))
+        state = self._self_metrics.task_series(self._self_type or task_type_of(fn))
+        assert state is not None  # the proxy exists only when metrics are enabled
         plans = self._self_plans
         if len(plans) >= _PLANS:
             plans.clear()
@@ -225,7 +226,7 @@ class ExecutorProxy(_Proxy):
         return self.__wrapped__.__exit__(exc_type, exc, tb)
 
 
-def instrument_executor(metrics: Any, ex: Any, task_type: Optional[str] = None) -> Any:
+def instrument_executor(metrics: JobMetrics, ex: Any, task_type: Optional[str] = None) -> Any:
     """See :meth:`jobmetrics.JobMetrics.instrument_executor`."""
     if not isinstance(ex, Executor):
         raise TypeError(

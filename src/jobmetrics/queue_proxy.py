@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 import wrapt
 
 if TYPE_CHECKING:
+    from .core import JobMetrics
     _Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
@@ -243,7 +244,7 @@ def _mp_simple_size(q: Any) -> int:
 
 
 def instrument_queue(
-    metrics: Any, q: Any, name: str, type_of: Optional[TypeOf] = None,
+    metrics: JobMetrics, q: Any, name: str, type_of: Optional[TypeOf] = None,
 ) -> Any:
     """See :meth:`jobmetrics.JobMetrics.instrument_queue`."""
     if not isinstance(name, str) or not name:
@@ -264,9 +265,9 @@ def instrument_queue(
             "type_of is not supported for multiprocessing queues: items are pickled, so "
             "they cannot be followed from put to get; only queue_size is measured"
         )
-    if not metrics.enabled:
+    sizes, waits = metrics.queue_sizes, metrics.queue_waits
+    if sizes is None or waits is None:  # metrics disabled
         return q
-    sizes = metrics.queue_sizes
     name = sizes.names.admit(name)
     import multiprocessing.queues as mpq
 
@@ -274,14 +275,14 @@ def instrument_queue(
     tracker: Optional[ItemTracker] = None
     if not is_mp:
         tracker = ItemTracker(_series_lookup(metrics, type_of),
-                              metrics.queue_waits.observer(name))
+                              waits.observer(name))
     if is_async:
         return AsyncQueueProxy(q, tracker)
     return QueueProxy(q, tracker)
 
 
 def _series_lookup(
-    metrics: Any, type_of: Optional[TypeOf]
+    metrics: JobMetrics, type_of: Optional[TypeOf]
 ) -> Optional[Callable[[Any], Optional[TaskState]]]:
     if type_of is None:
         return None

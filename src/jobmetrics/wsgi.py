@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from . import _errors
 from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 from .state import HttpState
+
+if TYPE_CHECKING:
+    from .core import JobMetrics
 
 __all__ = ["WSGIMiddleware", "flask_operation"]
 
@@ -153,7 +156,7 @@ class WSGIMiddleware:
     def __init__(
         self,
         app: WSGIApp,
-        metrics: Any = None,
+        metrics: Optional[JobMetrics] = None,
         *,
         operation: Optional[Callable[[Environ], Optional[str]]] = None,
         exclude_paths: Optional[Iterable[str]] = None,
