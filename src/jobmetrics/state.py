@@ -44,6 +44,15 @@ STATUSES: Tuple[str, str, str] = ("success", "fail", "stop")
 _GOOD, _BAD = 1, 0
 
 
+def _add(store: Store, handle: int, amount: float, where: str) -> None:
+    # The one-cell update off the hot paths (begin and end stay inline: a call costs).
+    try:
+        with store.lock:
+            store.values[handle] += amount
+    except Exception as exc:  # pragma: no cover - defensive
+        _errors.report(where, exc)
+
+
 class TaskState:
     """Running and pending counts, durations per status (their ``_count`` is
     ``task_total``), retries and the success-rate window of one task type."""
@@ -100,12 +109,7 @@ class TaskState:
 
     def add_pending(self, n: int) -> None:
         """Change the pending count by ``n`` (accepted but not started)."""
-        store = self._store
-        try:
-            with store.lock:
-                store.values[self._pending] += n
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task pending", exc)
+        _add(self._store, self._pending, n, "task pending")
 
     def begin_from_pending(self) -> float:
         """A pending task starts: pending -1, running +1 in one step."""
@@ -121,21 +125,11 @@ class TaskState:
 
     def retried(self) -> None:
         """One attempt ended in a retry (record it ``fail`` too, with :meth:`end`)."""
-        store = self._store
-        try:
-            with store.lock:
-                store.values[self._retries] += 1.0
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task retry", exc)
+        _add(self._store, self._retries, 1.0, "task retry")
 
     def unrun(self) -> None:
         """Running -1 without finishing a task: an inner layer took the run over."""
-        store = self._store
-        try:
-            with store.lock:
-                store.values[self._running] -= 1.0
-        except Exception as exc:  # pragma: no cover - defensive
-            _errors.report("task begin", exc)
+        _add(self._store, self._running, -1.0, "task begin")
 
 
 # ---------------------------------------------------------------------------------

@@ -231,36 +231,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         given = sys.argv[1:] if argv is None else list(argv)
         url, arg = _store_url(args, given)
         exporter: StoreExporter
+        common = {"layout": args.layout, "queues": queues, "namespace": args.namespace,
+                  "cache_seconds": args.cache_seconds, "timeout": args.timeout,
+                  "scheduled_total": args.scheduled_total, "max_queues": args.max_queues,
+                  "registry": registry}
         if url.startswith(POSTGRES_SCHEMES):
             if args.key_prefix is not None:
                 raise ValueError("--key-prefix is for Redis; a PostgreSQL layout finds its "
                                  "tables through the URL's search_path")
-            exporter = PostgresExporter(
-                url,
-                layout=args.layout,
-                queues=queues,
-                namespace=args.namespace,
-                cache_seconds=args.cache_seconds,
-                timeout=args.timeout,
-                scheduled_total=args.scheduled_total,
-                max_queues=args.max_queues,
-                registry=registry,
-            )
+            exporter = PostgresExporter(url, **common)
         else:
             check_redis_url(url, arg)
-            exporter = RedisExporter(
-                url,
-                layout=args.layout,
-                key_prefix=args.key_prefix,
-                queues=queues,
-                namespace=args.namespace,
-                cache_seconds=args.cache_seconds,
-                timeout=args.timeout,
-                scheduled_total=args.scheduled_total,
-                max_queues=args.max_queues,
-                max_pools=args.max_pools,
-                registry=registry,
-            )
+            exporter = RedisExporter(url, key_prefix=args.key_prefix, max_pools=args.max_pools,
+                                     **common)
     except (ValueError, TypeError, ImportError) as exc:
         # One line, no usage text: the message names the option and the reason.
         print(f"jobmetrics-exporter: error: {exc}", file=sys.stderr)
