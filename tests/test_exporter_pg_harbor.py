@@ -202,7 +202,11 @@ def test_locked_table_does_not_hang_the_scrape(
             assert not any(name == "harbor_task_concurrency" for name, _ in got)
             assert got[("harbor_task_exporter_read_duration_seconds", ())] >= 0.45
         locker.execute("ROLLBACK")
-    # The server cancelled the statement (statement_timeout): the next scrape reads again.
+    # The read in flight ends within moments, either cancelled by the server
+    # (statement_timeout, which races the scrapers' own 0.5 s) or granted the lock; a
+    # scrape joining it before then would share its fate. Let it end, then: the next
+    # scrape reads again.
+    time.sleep(0.3)
     assert value(registry, "harbor_task_concurrency", type="GC") == 1
     assert value(registry, "harbor_task_exporter_up") == 1
 

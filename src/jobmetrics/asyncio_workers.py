@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Type
 
 from .executors import task_type_of
+from .settings import check_int, check_str
 from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import Stopped, status_of
 
@@ -59,10 +60,9 @@ class WorkerPool:
             raise TypeError(f"queue must be an asyncio.Queue, got {queue!r}")
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-        if type is not None and (not isinstance(type, str) or not type):
-            raise ValueError(f"type must be a non-empty str, got {type!r}")
+        check_int("workers", workers, 1)
+        if type is not None:
+            check_str("type", type, allow_empty=False)
         self.queue = queue
         self.workers = workers
         self._on_error = on_error

@@ -35,6 +35,8 @@ from .settings import (
     Settings,
     check_int,
     check_name_part,
+    check_str,
+    parse_bool,
 )
 from .state import HttpState, QueueSizes, QueueWaits, TaskState
 from .tasks import TaskHandle, instrument
@@ -51,8 +53,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 Q = TypeVar("Q")
 EX = TypeVar("EX", bound="Executor")
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 # One Service per (registry, prefix): a second JobMetrics with equal settings shares it.
@@ -225,17 +225,11 @@ class JobMetrics:
                 "JobMetrics: buckets= is ignored with summary durations; give "
                 "task_duration='histogram' and/or http_duration='histogram' to use them",
                 stacklevel=2)
-        if node is None:
-            node = socket.gethostname()
-        elif not isinstance(node, str):
-            raise TypeError(f"node must be a str, got {type(node).__name__}")
-        if not isinstance(pool, str):
-            raise TypeError(f"pool must be a str, got {type(pool).__name__}")
+        node = socket.gethostname() if node is None else check_str("node", node)
+        check_str("pool", pool)
         check_int("workers", workers, 0)
         self.port = check_int("port", port, 0, 65535)
-        if not isinstance(addr, str):
-            raise TypeError(f"addr must be a str, got {type(addr).__name__}")
-        self.addr = addr
+        self.addr = check_str("addr", addr)
         self.path = _check_path("path", path)
         self.registry = registry
         self.enabled = enabled
@@ -275,16 +269,13 @@ class JobMetrics:
         found: Dict[str, Any] = {}
         raw = env.get("JOBMETRICS_ENABLED")
         if raw is not None:
-            low = raw.strip().lower()
-            if low in _TRUE:
-                found["enabled"] = True
-            elif low in _FALSE:
-                found["enabled"] = False
-            else:
+            enabled = parse_bool(raw)
+            if enabled is None:
                 raise ValueError(
                     f"JOBMETRICS_ENABLED={raw!r} is not a boolean (use true/false, 1/0, "
                     "yes/no, on/off)"
                 )
+            found["enabled"] = enabled
         for var, arg in (("JOBMETRICS_NAMESPACE", "namespace"),
                          ("JOBMETRICS_SUBSYSTEM", "subsystem")):
             raw = env.get(var)
@@ -313,8 +304,8 @@ class JobMetrics:
 
     def set_info(self, *, pool: Optional[str] = None, workers: Optional[int] = None) -> None:
         """Change the ``pool`` and ``workers`` labels of the ``info`` family."""
-        if pool is not None and not isinstance(pool, str):
-            raise TypeError(f"pool must be a str, got {type(pool).__name__}")
+        if pool is not None:
+            check_str("pool", pool)
         if workers is not None:
             check_int("workers", workers, 0)
         if self._service is None:
@@ -532,15 +523,12 @@ def _as_tuple(values: Any) -> Any:
 
 
 def _check_type(task_type: object) -> None:
-    if not isinstance(task_type, str):
-        raise TypeError(f"task type must be a str, got {type(task_type).__name__}")
-    if not task_type:
-        raise ValueError("task type must not be empty")
+    check_str("task type", task_type, allow_empty=False)
 
 
 def _check_path(arg: str, path: object) -> str:
-    if not isinstance(path, str):
-        raise TypeError(f"{arg} must be a str, got {type(path).__name__}")
+    check_str(arg, path)
+    assert isinstance(path, str)
     if not path.startswith("/"):
         raise ValueError(f"{arg}={path!r} must start with '/'")
     return path

@@ -44,6 +44,7 @@ else:  # wrapt < 2 has no generic ObjectProxy at runtime
     _Proxy = wrapt.ObjectProxy
 
 from . import _errors
+from .settings import check_str
 from .state import SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import state_of, status_of
 
@@ -235,10 +236,7 @@ def instrument_executor(metrics: JobMetrics, ex: Any, task_type: Optional[str] =
     if isinstance(ex, ExecutorProxy):
         raise TypeError("this executor is already instrumented; pass the executor itself")
     if task_type is not None:
-        if not isinstance(task_type, str):
-            raise TypeError(f"type must be a str, got {type(task_type).__name__}")
-        if not task_type:
-            raise ValueError("type must not be empty")
+        check_str("type", task_type, allow_empty=False)
     if not metrics.enabled:
         return ex
     return ExecutorProxy(ex, metrics, task_type)

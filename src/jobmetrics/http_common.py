@@ -8,6 +8,8 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, FrozenSet, Optional, Set, Tuple
 
+from .settings import check_int
+
 if TYPE_CHECKING:
     from .core import JobMetrics
     from .state import HttpState
@@ -74,10 +76,7 @@ class LabelPolicy:
 
     def __init__(self, metrics: JobMetrics, exclude_paths: Optional[Iterable[str]],
                  max_series: int) -> None:
-        if isinstance(max_series, bool) or not isinstance(max_series, int):
-            raise TypeError(f"max_series must be an int, got {type(max_series).__name__}")
-        if max_series < 1:
-            raise ValueError(f"max_series must be >= 1, got {max_series!r}")
+        check_int("max_series", max_series, 1)
         if exclude_paths is None:
             exclude_paths = (metrics.path,)
         elif isinstance(exclude_paths, str):

@@ -46,6 +46,27 @@ def check_name_part(arg: str, value: object, allow_empty: bool = True) -> str:
     return value
 
 
+def check_str(arg: str, value: object, allow_empty: bool = True) -> str:
+    """A ``str`` (non-empty unless ``allow_empty``)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be a str, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ValueError(f"{arg} must not be empty")
+    return value
+
+
+#: How booleans are spelt in environment variables and command lines.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> Optional[bool]:
+    """``True``/``False`` for the words of :data:`TRUE_WORDS`/:data:`FALSE_WORDS` (any
+    case, spaces around), ``None`` for anything else."""
+    low = text.strip().lower()
+    return True if low in TRUE_WORDS else False if low in FALSE_WORDS else None
+
+
 def check_positive(arg: str, value: object) -> float:
     """A finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -26,6 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 from .. import __version__
 from ..exposition import _display, _serve, metrics_app
 from ..redact import redact_url
+from ..settings import parse_bool
 from .client import check_redis_url
 from .collector import RedisExporter
 from .layouts import LAYOUTS
@@ -115,12 +116,10 @@ def _positive_int(text: str) -> int:
 
 
 def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+    value = parse_bool(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+    return value
 
 
 _ALL_LAYOUTS = list(dict.fromkeys([*LAYOUTS, *SQL_LAYOUTS]))
