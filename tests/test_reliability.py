@@ -257,3 +257,41 @@ def test_task_types_and_queue_names_have_a_series_budget(
     with pytest.raises(ValueError, match="max_series"):
         JobMetrics(registry=CollectorRegistry(), max_series=0)
     del queues
+
+
+FORK_IN_SIGNAL = r"""
+import os, signal, sys
+from prometheus_client import CollectorRegistry, generate_latest
+from jobmetrics import JobMetrics
+
+m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=sys.argv[1])
+forks = 0
+
+def handler(signum, frame):
+    global forks
+    pid = os.fork()  # from a signal handler, wherever the main thread is
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    forks += 1
+    signal.setitimer(signal.ITIMER_REAL, 0.001)  # one at a time: handlers never nest
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.001)
+while forks < 200:
+    with m.track_task("t"):
+        pass
+    generate_latest(m.registry)  # takes the directory lock and its fork guard
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print("ok", forks)
+"""
+
+
+def test_forking_from_a_signal_handler_never_deadlocks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FORK_IN_SIGNAL, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")

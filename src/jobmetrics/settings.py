@@ -76,6 +76,21 @@ def check_positive(arg: str, value: object) -> float:
     return float(value)
 
 
+#: Bounds of ``relative_accuracy``.
+MIN_RELATIVE_ACCURACY = 1e-4
+MAX_RELATIVE_ACCURACY = 0.5
+#: The shortest window, in seconds: an age bucket must stay a usable width.
+MIN_WINDOW = 1e-3
+
+
+def check_window(arg: str, value: object) -> float:
+    """A window length in seconds: finite, at least :data:`MIN_WINDOW`."""
+    seconds = check_positive(arg, value)
+    if seconds < MIN_WINDOW:
+        raise ValueError(f"{arg} must be at least {MIN_WINDOW} seconds, got {value!r}")
+    return seconds
+
+
 def check_int(arg: str, value: object, minimum: int, maximum: Optional[int] = None) -> int:
     """An int within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -157,11 +172,14 @@ class Settings:
         if not self.namespace and not self.subsystem:
             raise ValueError("namespace and subsystem cannot both be empty")
         object.__setattr__(self, "quantiles", check_quantiles("quantiles", self.quantiles))
-        object.__setattr__(self, "max_age", check_positive("max_age", self.max_age))
+        object.__setattr__(self, "max_age", check_window("max_age", self.max_age))
         check_int("age_buckets", self.age_buckets, 1, 1000)
         ra = check_positive("relative_accuracy", self.relative_accuracy)
-        if ra >= 1.0:
-            raise ValueError(f"relative_accuracy must be in (0, 1), got {ra!r}")
+        if not MIN_RELATIVE_ACCURACY <= ra <= MAX_RELATIVE_ACCURACY:
+            # Finer than this, the sketch's log base is 1 to the float's precision.
+            raise ValueError(
+                f"relative_accuracy must be in [{MIN_RELATIVE_ACCURACY}, "
+                f"{MAX_RELATIVE_ACCURACY}], got {ra!r}")
         object.__setattr__(self, "relative_accuracy", ra)
         check_kind("task_duration", self.task_duration)
         check_kind("http_duration", self.http_duration)
@@ -169,7 +187,7 @@ class Settings:
         object.__setattr__(
             self,
             "success_rate_window",
-            check_positive("success_rate_window", self.success_rate_window),
+            check_window("success_rate_window", self.success_rate_window),
         )
         check_int("max_series", self.max_series, 1)
         if not isinstance(self.multiprocess_dir, str):

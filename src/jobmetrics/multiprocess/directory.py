@@ -51,8 +51,9 @@ def check_directory(directory: object) -> str:
 # while another thread of its parent is inside _locked (Celery forks pool children while
 # the main process serves scrapes) would hold that lock for its whole life, and deadlock
 # on its own next exclusive lock. So the child closes every lock descriptor it inherits,
-# and the guard keeps a fork from landing between an open() and its bookkeeping.
-_fork_guard = threading.Lock()
+# and the guard keeps a fork from landing between an open() and its bookkeeping. It is
+# reentrant: a signal handler that forks while its thread holds it must not deadlock.
+_fork_guard = threading.RLock()
 _lock_fds: Set[int] = set()
 
 
