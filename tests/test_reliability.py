@@ -295,3 +295,44 @@ def test_forking_from_a_signal_handler_never_deadlocks(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+FULL_DISK = r"""
+import logging, sys
+from prometheus_client import CollectorRegistry, generate_latest
+from jobmetrics import JobMetrics
+
+logging.basicConfig(level=logging.ERROR)
+m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=sys.argv[1])
+for i in range(2000):  # far more cells than the filesystem holds
+    with m.track_task(f"type-{i}"):
+        pass
+generate_latest(m.registry)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_filesystem_never_crashes_the_host(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(mnt)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    # A store into a sparse mapping on a full filesystem is a SIGBUS (returncode -7).
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "ok"
+    assert "No space left on device" in proc.stderr  # said once, then memory
+    assert proc.stderr.count("recording failed") == 1

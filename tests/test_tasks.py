@@ -558,3 +558,33 @@ def test_a_class_is_refused(m: JobMetrics) -> None:
         m.task(Job)
     with pytest.raises(TypeError, match="got the class"):
         m.task("job")(Job)
+
+
+def test_wrong_arguments_raise_at_the_call_for_every_kind(m: JobMetrics, registry) -> None:
+    @m.task("gen")
+    def gen(n: int) -> Iterator[int]:
+        yield n
+
+    @m.task("coro")
+    async def coro(n: int) -> int:
+        return n
+
+    @m.task("agen")
+    async def agen(n: int) -> AsyncIterator[int]:
+        yield n
+
+    for fn in (gen, coro, agen):
+        with pytest.raises(TypeError):
+            fn()  # type: ignore[call-arg]
+    for t in ("gen", "coro", "agen"):
+        assert counts(registry, t) == (0.0, 0.0, 0.0)
+        assert value(registry, RUNNING, type=t) == 0.0
+
+
+def test_a_reused_handle_forgets_mark_stopped(m: JobMetrics, registry) -> None:
+    handle = m.track_task("sync")
+    with handle:
+        handle.mark_stopped()
+    with handle:
+        pass
+    assert counts(registry, "sync") == (1.0, 0.0, 1.0)
