@@ -1,8 +1,7 @@
 """The full name of every family a mixin queries, for one configuration.
 
-Names follow SPEC section 1: the library's families under ``namespace_subsystem_`` and
-the exporter's under ``<exporter_namespace>_task_``. ``task_retries_total`` is in the
-contract before every integration emits it; queries on it return nothing until then.
+The library's names come from its family table (``families.py``); the exporter's are
+under ``<exporter_namespace>_task_``.
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
+from ..families import FamilyTable
+from ..settings import Settings
 from .config import MixinConfig
 
 __all__ = ["Names"]
@@ -46,21 +47,29 @@ class Names:
     @classmethod
     def of(cls, config: MixinConfig) -> Names:
         """The names for ``config``."""
-        p, e = config.prefix, config.exporter_prefix
+        e = config.exporter_prefix
+        # The library's names from its own family table, as exposed.
+        table = FamilyTable(Settings(namespace=config.namespace, subsystem=config.subsystem))
+
+        def shown(key: str) -> str:
+            kind = table.kind(key)
+            suffix = "_total" if kind == "counter" else "_info" if kind == "info" else ""
+            return table.names[key] + suffix
+
         return cls(
-            http_inflight=p + "http_inflight_requests",
-            http_requests=p + "http_request_total",
-            http_duration=p + "http_request_duration_seconds",
-            tasks=p + "task_total",
-            task_duration=p + "task_process_time_seconds",
-            success_rate=p + "task_success_rate",
-            running=p + "running_task",
-            pending=p + "pending_task",
-            queue_size=p + "queue_size",
-            queue_wait=p + "queue_wait_seconds",
-            retries=p + "task_retries_total",
-            info=p + "info",
-            batch_last_success=p + "batch_last_success_timestamp_seconds",
+            http_inflight=shown("inflight"),
+            http_requests=shown("requests"),
+            http_duration=shown("request_duration"),
+            tasks=shown("tasks"),
+            task_duration=shown("process_time"),
+            success_rate=shown("success_rate"),
+            running=shown("running"),
+            pending=shown("pending"),
+            queue_size=shown("queue_size"),
+            queue_wait=shown("queue_wait"),
+            retries=shown("retries"),
+            info=shown("info"),
+            batch_last_success=shown("batch_success"),
             exp_queue_size=e + "queue_size",
             exp_queue_latency=e + "queue_latency",
             exp_concurrency=e + "concurrency",
