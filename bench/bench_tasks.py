@@ -77,7 +77,7 @@ def main() -> None:
     hand_s, ahand_s = hand_written("summary")
     hand_h, ahand_h = hand_written("histogram")
     results = {}
-    for kind in ("summary", "histogram"):
+    for kind in ("summary", "histogram", "native"):
         m = JobMetrics(registry=CollectorRegistry(), task_duration=kind, process_collectors=False)
         results[kind] = (per_call(m.task("t")(trivial)), per_await(m.task("t")(atrivial)))
     hs, ahs = per_call(hand_s), per_await(ahand_s)

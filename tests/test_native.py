@@ -460,7 +460,7 @@ def test_fleet_quantile_within_the_served_schemas_bucket(
 
 def test_prometheus_ingests_native_series_within_the_limit(
         fleet: Tuple[Prometheus, List[List[float]], List[JobMetrics]]) -> None:
-    prom, batches, instances = fleet
+    prom, batches, _ = fleet
     series = prom.query(WAIT)
     assert len(series) == 2 and all("histogram" in s for s in series)
     for s in series:

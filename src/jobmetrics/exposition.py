@@ -14,9 +14,9 @@ import logging
 import socket
 import ssl
 import threading
-from urllib.parse import parse_qs
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import prometheus_client
@@ -83,7 +83,7 @@ def negotiating_wsgi_app(registry: CollectorRegistry) -> WSGIApp:
             return text(environ, start_response)  # type: ignore[no-any-return]
         body, headers = protobuf_body(registry, environ.get("QUERY_STRING", ""),
                                       environ.get("HTTP_ACCEPT_ENCODING", ""))
-        start_response("200 OK", headers + [("Content-Length", str(len(body)))])
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
     return serve

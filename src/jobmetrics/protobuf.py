@@ -78,7 +78,7 @@ def _labels(labels: Dict[str, str]) -> bytes:
 
 def _timestamp(number: int, seconds: float) -> bytes:
     whole = math.floor(seconds)
-    nanos = int(round((seconds - whole) * 1e9))
+    nanos = round((seconds - whole) * 1e9)
     if nanos >= 1_000_000_000:
         whole, nanos = whole + 1, nanos - 1_000_000_000
     body = (_uint(1, whole) if whole else b"") + (_uint(2, nanos) if nanos else b"")
@@ -88,7 +88,7 @@ def _timestamp(number: int, seconds: float) -> bytes:
 def _exemplar(number: int, ex: Exemplar) -> bytes:
     body = _labels(ex.labels) + _double(2, ex.value)
     if ex.timestamp is not None:
-        body += _timestamp(3, float(ex.timestamp))  # type: ignore[arg-type]
+        body += _timestamp(3, float(ex.timestamp))
     return _bytes(number, body)
 
 
@@ -157,7 +157,7 @@ def _group(metric: Metric, drop: str) -> Tuple[List[Tuple[_Series, str, Sample]]
 def _ts(sample: Sample) -> bytes:
     if sample.timestamp is None:
         return b""
-    return _sint(6, int(float(sample.timestamp) * 1000))  # type: ignore[arg-type]
+    return _sint(6, int(float(sample.timestamp) * 1000))
 
 
 def _histograms(metric: Metric, kind: int) -> List[bytes]:

@@ -19,7 +19,7 @@ import math
 from bisect import bisect_left
 from decimal import Decimal, localcontext
 from functools import lru_cache
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping
 
 __all__ = [
     "MAX_SCHEMA",
@@ -53,7 +53,7 @@ _ceil = math.ceil
 def accuracy(schema: int) -> float:
     """The relative error of a bucket's midpoint-in-ratio ``2 * base**i / (base + 1)``
     for any value of the bucket: ``(base - 1) / (base + 1)``."""
-    base = 2.0 ** (2.0 ** -schema)
+    base = float(2.0 ** (2.0 ** -schema))
     return (base - 1.0) / (base + 1.0)
 
 
@@ -66,7 +66,7 @@ def schema_for(relative_accuracy: float) -> int:
     return n
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=None)  # noqa: UP033
 def _bounds(schema: int) -> List[float]:
     # 2**(j / 2**schema) / 2 for j in [0, 2**schema), each rounded *down* to a float: the
     # bound is irrational (but for j = 0), so ``frac <= bound`` holds exactly when

@@ -68,7 +68,7 @@ class QuantileSketch:
         self.schema = schema_for(self.relative_accuracy)
         #: The guarantee the schema gives (at most ``relative_accuracy``).
         self.accuracy = accuracy(self.schema)
-        self.gamma = 2.0 ** (2.0 ** -self.schema)
+        self.gamma: float = float(2.0 ** (2.0 ** -self.schema))
         self._inv_log_gamma = inverse_log_base(self.schema)
         self._pos: Dict[int, int] = {}
         self._neg: Dict[int, int] = {}
@@ -165,7 +165,7 @@ class QuantileSketch:
 
     def _value(self, k: int) -> float:
         try:
-            return 2.0 * self.gamma ** k / (self.gamma + 1.0)
+            return 2.0 * float(self.gamma ** k) / (self.gamma + 1.0)
         except OverflowError:  # the bucket of the largest floats
             return _MAX_FLOAT
 
