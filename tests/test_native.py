@@ -143,6 +143,17 @@ def test_native_series_field_by_field() -> None:
     assert len(h.buckets) == 16
 
 
+def test_infinity_nan_and_tiny_values_as_client_golang_places_them() -> None:
+    m = native()
+    waits(m, [math.inf, math.nan, 1e-300, -2.0 ** -129, 2.0 ** -127])
+    h = wait_histogram(m)
+    top = index(1.7976931348623157e308, 6)
+    assert top == 1024 * 64  # the largest float is in the bucket of 2**1024
+    assert h.positive == {top + 1: 1, -127 * 64: 1}  # +Inf one bucket above it
+    assert h.zero_count == 2 and h.negative == {}
+    assert h.count == 5  # NaN counts, in no bucket (Prometheus allows count > buckets)
+
+
 def test_every_family_type_in_protobuf() -> None:
     m = JobMetrics(registry=CollectorRegistry(), node="n1", pool="p", workers=2)
     reg = m.registry

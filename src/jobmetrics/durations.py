@@ -78,7 +78,8 @@ def sketch_code(value: float, schema: int, inv_log_base: float) -> int:
 
 
 def native_code(value: float, schema: int, inv_log_base: float) -> int:
-    """:func:`sketch_code` with a native histogram's zero bucket (``|v| <= 2**-128``)."""
+    """:func:`sketch_code` with a native histogram's zero bucket (``|v| <= 2**-128``);
+    ``value`` is not NaN."""
     if value > ZERO_THRESHOLD:
         return _index(value, schema, inv_log_base) * 4 + 2
     if value < -ZERO_THRESHOLD:
@@ -87,7 +88,9 @@ def native_code(value: float, schema: int, inv_log_base: float) -> int:
 
 
 def _index(magnitude: float, schema: int, inv: float) -> int:
-    t = _log(magnitude if magnitude < _MAX_FLOAT else _MAX_FLOAT) * inv
+    if magnitude >= _MAX_FLOAT:
+        return index(magnitude, schema)
+    t = _log(magnitude) * inv
     k = _ceil(t)
     return k if _EPS < k - t < _ONE_EPS else index(magnitude, schema)
 
@@ -143,16 +146,26 @@ class Duration:
         if w is None:
             v[self.buckets[bisect_left(self._bounds, value)]] += 1.0  # type: ignore[arg-type]
             native = self._native
-            if native is not None and value == value:  # NaN has no native bucket
+            if native is None:
+                return
+            if ZERO_THRESHOLD < value < _MAX_FLOAT:  # native_code, inlined
+                t = _log(value) * self._native_inv
+                k = _ceil(t)
+                if not _EPS < k - t < _ONE_EPS:
+                    k = index(value, self._native_schema)
+                code = k * 4 + 2
+            elif value == value:  # NaN has no native bucket (as in client_golang)
                 code = native_code(value, self._native_schema, self._native_inv)
-                h = native.get(code)
-                if h is None:
-                    h = native[code] = self._store.cell(
-                        (self._family, self._labels, (_ALL, NATIVE, code)))
-                    v = self._store.values  # a new cell may have replaced the values
-                v[h] += 1.0
-        elif value > 0.0:  # sketch_code, inlined: the hot path of every summary
-            t = _log(value if value < _MAX_FLOAT else _MAX_FLOAT) * self._inv
+            else:
+                return
+            h = native.get(code)
+            if h is None:
+                h = native[code] = self._store.cell(
+                    (self._family, self._labels, (_ALL, NATIVE, code)))
+                v = self._store.values  # a new cell may have replaced the values
+            v[h] += 1.0
+        elif 0.0 < value < _MAX_FLOAT:  # sketch_code, inlined: the hot path of every summary
+            t = _log(value) * self._inv
             k = _ceil(t)
             if not _EPS < k - t < _ONE_EPS:
                 k = index(value, self._schema)

@@ -86,9 +86,10 @@ def _bounds(schema: int) -> List[float]:
 
 
 def index(magnitude: float, schema: int) -> int:
-    """The bucket of a value ``> 0`` (a magnitude; +Inf counts as the largest float)."""
+    """The bucket of a value ``> 0`` (a magnitude; +Inf is in the bucket above the
+    largest float's, as client_golang puts it)."""
     if magnitude > _MAX_FLOAT:
-        magnitude = _MAX_FLOAT
+        return index(_MAX_FLOAT, schema) + 1
     frac, exp = _frexp(magnitude)
     if schema > 0:
         if schema > _TABLE_LIMIT:
@@ -108,8 +109,8 @@ def inverse_log_base(schema: int) -> float:
 def fast_index(magnitude: float, schema: int, inv_log_base: float) -> int:
     """:func:`index`, by the logarithm where it is certain (``inv_log_base`` is
     :func:`inverse_log_base` of ``schema``)."""
-    if magnitude > _MAX_FLOAT:
-        magnitude = _MAX_FLOAT
+    if magnitude >= _MAX_FLOAT:
+        return index(magnitude, schema)
     t = _log(magnitude) * inv_log_base
     k = _ceil(t)
     if _EPS < k - t < 1.0 - _EPS or schema > _TABLE_LIMIT:
