@@ -32,7 +32,12 @@ _COUNTER, _GAUGE, _SUMMARY, _UNTYPED, _HISTOGRAM, _GAUGE_HISTOGRAM = 0, 1, 2, 3,
 _pack_double = struct.Struct("<d").pack
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
     if n < 0:  # int64 fields: two's complement, ten bytes
         n += 1 << 64
     out = bytearray()
@@ -43,8 +48,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_KEYS: Dict[int, bytes] = {}
+
+
 def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
+    k = number << 3 | wire
+    found = _KEYS.get(k)
+    if found is None:
+        found = _KEYS[k] = _varint(k)
+    return found
 
 
 def _bytes(number: int, data: bytes) -> bytes:
@@ -143,14 +155,13 @@ def _group(metric: Metric, drop: str) -> Tuple[List[Tuple[_Series, str, Sample]]
     in order of first appearance."""
     series: Dict[Tuple[Tuple[str, str], ...], _Series] = {}
     out = []
+    cut = len(metric.name)
     for sample in metric.samples:
-        labels = {k: v for k, v in sample.labels.items() if k != drop}
-        key = tuple(sorted(labels.items()))
+        key = tuple(sorted([kv for kv in sample.labels.items() if kv[0] != drop]))
         s = series.get(key)
         if s is None:
-            s = series[key] = _Series(labels)
-        suffix = sample.name[len(metric.name):]
-        out.append((s, suffix, sample))
+            s = series[key] = _Series(dict(key))
+        out.append((s, sample.name[cut:], sample))
     return out, list(series.values())
 
 
