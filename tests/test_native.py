@@ -366,6 +366,7 @@ def test_start_http_server_and_the_exporters_app_negotiate() -> None:
 
 
 PORTS: List[int] = []  # of instances a and b, set by the fixture
+CLASSIC: List[Prometheus] = []  # the Prometheus without native histograms
 
 
 class Prometheus:
@@ -409,15 +410,23 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
               "scrape_configs": [{"job_name": "jobs", "static_configs": [
                   {"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}
     (tmp / "prometheus.yml").write_text(json.dumps(config))
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--enable-feature=native-histograms"],
-        stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("wb"))
+    procs = []
+    bases = []
+    # One with native histograms on; one without, which asks for text and must still
+    # ingest the classic histogram.
+    for name, flags in (("native", ["--enable-feature=native-histograms"]), ("classic", [])):
+        port = free_port()
+        procs.append(subprocess.Popen(
+            [binary, f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / name}", f"--web.listen-address=127.0.0.1:{port}",
+             *flags],
+            stdout=subprocess.DEVNULL, stderr=(tmp / f"{name}.log").open("wb")))
+        bases.append(f"http://127.0.0.1:{port}")
     try:
-        prom = Prometheus(f"http://127.0.0.1:{port}")
-        wait_http(prom.base + "/-/ready", timeout=30)
+        prom = Prometheus(bases[0])
+        CLASSIC[:] = [Prometheus(bases[1])]
+        for base in bases:
+            wait_http(base + "/-/ready", timeout=30)
         # One value each, scraped, then the data the quantiles are checked on: the rate
         # over the window is then exactly the second batch.
         waits(a, [1.0])
@@ -429,10 +438,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         waits(a, batch_a)
         _fork_writers(str(directory), [batch_b[i::3] for i in range(3)])
         prom.until(f"histogram_count(sum({WAIT}))", 6002)
+        CLASSIC[0].until(f"sum({WAIT}_count)", 6002)
         yield prom, [batch_a, batch_b], [a, b]
     finally:
-        proc.terminate()
-        proc.wait(20)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
         for s in servers:
             if s is not None:
                 s[0].shutdown()
@@ -482,3 +494,16 @@ def test_prometheus_ingests_native_series_within_the_limit(
     assert float(total["value"][1]) == len(batches[0]) + len(batches[1]) + 2
     # no classic series beside the native one
     assert prom.query(WAIT + "_bucket") == []
+
+
+def test_prometheus_without_the_feature_ingests_classic_buckets(
+        fleet: Tuple[Prometheus, List[List[float]], List[JobMetrics]]) -> None:
+    _, batches, _ = fleet
+    (classic,) = CLASSIC
+    buckets = classic.query(f"sum by (le) ({WAIT}_bucket)")
+    got = {r["metric"]["le"]: float(r["value"][1]) for r in buckets}
+    values = [1.0, 1.0] + batches[0] + batches[1]
+    assert got["+Inf"] == len(values)
+    assert got["0.25"] == sum(1 for v in values if v <= 0.25)
+    assert got["2.5"] == sum(1 for v in values if v <= 2.5)
+    assert classic.query(f"histogram_count(sum({WAIT}))") == []  # no native series

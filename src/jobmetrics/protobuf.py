@@ -138,7 +138,7 @@ def _native(nb: NativeBuckets) -> bytes:
 
 
 class _Series:
-    __slots__ = ("buckets", "count", "labels", "quantiles", "sum", "timestamp")
+    __slots__ = ("buckets", "count", "labels", "quantiles", "sum")
 
     def __init__(self, labels: Dict[str, str]) -> None:
         self.labels = labels
@@ -146,7 +146,6 @@ class _Series:
         self.sum = 0.0
         self.quantiles: List[Tuple[float, float]] = []
         self.buckets: List[Tuple[float, float, Optional[Exemplar]]] = []
-        self.timestamp: Optional[float] = None
 
 
 def _group(metric: Metric, drop: str) -> Tuple[List[Tuple[_Series, str, Sample]],
