@@ -403,6 +403,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     a = native(node="a")
     b = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(directory),
                    task_duration="native", node="b")
+    # A real task too: its fail and stop series are empty native histograms.
+    a.task("gc")(lambda: None)()
     servers = [start_http_server(0, "127.0.0.1", m) for m in (a, b)]
     ports = [s[0].server_port for s in servers if s is not None]
     PORTS[:] = ports
@@ -507,3 +509,18 @@ def test_prometheus_without_the_feature_ingests_classic_buckets(
     assert got["0.25"] == sum(1 for v in values if v <= 0.25)
     assert got["2.5"] == sum(1 for v in values if v <= 2.5)
     assert classic.query(f"histogram_count(sum({WAIT}))") == []  # no native series
+
+
+def test_every_family_scraped_in_protobuf(
+        fleet: Tuple[Prometheus, List[List[float]], List[JobMetrics]]) -> None:
+    prom, _, _ = fleet
+    assert [float(r["value"][1]) for r in prom.query("up")] == [1.0, 1.0]
+    (ran,) = prom.query(f"histogram_count({P}task_process_time_seconds{{status='success'}})"
+                        .replace("'", '"'))
+    assert float(ran["value"][1]) == 1.0
+    empty = prom.query(f"histogram_count({P}task_process_time_seconds{{status='fail'}})"
+                       .replace("'", '"'))
+    assert [float(r["value"][1]) for r in empty] == [0.0]
+    (tasks,) = prom.query(f"{P}task_total{{status='success'}}".replace("'", '"'))
+    assert float(tasks["value"][1]) == 1.0
+    assert len(prom.query(P.rstrip("_") + "_info")) == 2
