@@ -77,7 +77,7 @@ def main() -> None:
     hand_s, ahand_s = hand_written("summary")
     hand_h, ahand_h = hand_written("histogram")
     results = {}
-    for kind in ("summary", "histogram"):
+    for kind in ("summary", "histogram", "native"):
         m = JobMetrics(registry=CollectorRegistry(), task_duration=kind, process_collectors=False)
         results[kind] = (per_call(m.task("t")(trivial)), per_await(m.task("t")(atrivial)))
     hs, ahs = per_call(hand_s), per_await(ahand_s)
@@ -144,7 +144,8 @@ def main() -> None:
         done += len(values)
         if done in (1_000_000, n_total) or done % 5_000_000 == 0:
             gc.collect()
-            held = sum(s.bucket_count for s in child._series.window._slots)
+            # sketch buckets held: the window's (WSUM, slot, code) cells of the child
+            held = sum(1 for key in child._store.handles if key[2][0] == 2)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"| {done:,} | {held} | {rss:.1f} |")
 

@@ -40,6 +40,11 @@ m = JobMetrics(registry=CollectorRegistry(), process_collectors=False,
 f = m.task("t")(trivial)
 print((per_call(f) - per_call(trivial)) * 1e6)
 """,
+    "QuantileSummary.observe (µs/call)": """
+from jobmetrics import QuantileSummary
+q = QuantileSummary("q", "d", registry=CollectorRegistry())
+print(per_call(lambda: q.observe(0.37)) * 1e6)
+""",
     "@m.task multi-process, summary (µs/call over bare)": """
 d = tempfile.mkdtemp()
 m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d)

@@ -148,8 +148,11 @@ class JobMetrics:
             and in age buckets.
         relative_accuracy: the quantile sketch's guarantee: an estimate is within this
             fraction of the exact quantile's value.
-        task_duration, http_duration: ``"summary"`` (quantiles) or ``"histogram"``
-            (``buckets``) for the two duration families.
+        task_duration, http_duration: ``"summary"`` (quantiles), ``"histogram"``
+            (``buckets``) or ``"native"`` (a Prometheus native histogram, and ``buckets``
+            in a text scrape) for the two duration families.
+        native_max_buckets: the most buckets a native histogram series exposes (its
+            schema is lowered at scrape time until it fits).
         buckets: histogram upper bounds, in seconds.
         success_rate_window: seconds of finished tasks the success rate is computed over.
         max_series: the most task types, and the most queue names, recorded (per
@@ -189,6 +192,7 @@ class JobMetrics:
         path: str = "/metrics",
         process_collectors: bool = True,
         multiprocess_dir: Optional[str] = None,
+        native_max_buckets: int = 160,
     ) -> None:
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
@@ -218,6 +222,7 @@ class JobMetrics:
             success_rate_window=success_rate_window,
             max_series=max_series,
             multiprocess_dir=directory,
+            native_max_buckets=native_max_buckets,
         )
         if (self.settings.buckets != DEFAULT_BUCKETS
                 and self.settings.task_duration == self.settings.http_duration == "summary"):

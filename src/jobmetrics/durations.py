@@ -1,9 +1,15 @@
-"""Duration state in cells: a summary with windowed quantiles, or a cumulative histogram.
+"""Duration state in cells: a summary with windowed quantiles, a cumulative histogram, or
+a cumulative native histogram.
 
 One :class:`Duration` per label set of a duration family. Its cells:
 
 - ``(ALL, COUNT)`` and ``(ALL, SUM)``: since start, summed over every process;
-- histogram: ``(ALL, BUCKET, i)``, the count of values in bucket ``i`` (not cumulative);
+- histogram and native: ``(ALL, BUCKET, i)``, the count of values in bucket ``i`` of the
+  ``buckets`` setting (not cumulative): what a text scrape shows;
+- native: ``(ALL, NATIVE, code)``, the count of values in one exponential bucket of the
+  native schema (``code`` packs ``(sign, index)`` as :func:`sketch_code`, with the zero
+  bucket for ``|v| <= 2**-128``), summed over processes: an exact merge, since every
+  process places a value by the same rule;
 - summary: a :class:`~jobmetrics.window.Window` of sketch buckets ``(WSUM, slot, code)``
   (``code`` packs the sketch's ``(sign, index)``, see :func:`sketch_code`) with the
   bucket's smallest and largest value, from which a scrape builds one merged
@@ -18,13 +24,14 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from .cells import Rule, Store
+from .schemas import MAX_SCHEMA, MIN_SCHEMA, ZERO_THRESHOLD, downscale, index, inverse_log_base
 from .settings import Settings
 from .sketch import QuantileSketch
 from .window import Window
@@ -35,40 +42,65 @@ _go = cast(Callable[[float], str], floatToGoString)
 __all__ = [
     "BUCKET",
     "COUNT",
+    "NATIVE",
     "SUM",
     "Duration",
+    "NativeBuckets",
+    "NativeHistogramMetric",
     "emit_histogram",
     "emit_summary",
     "sketch_code",
     "summary_quantiles",
 ]
 
-COUNT, SUM, BUCKET = 0, 1, 2
+COUNT, SUM, BUCKET, NATIVE = 0, 1, 2, 3
 _ALL = int(Rule.ALL)
 _log = math.log
 _ceil = math.ceil
 _MAX_FLOAT = 1.7976931348623157e308
+# See schemas.fast_index: the logarithm decides unless it is within rounding of a bound.
+_EPS, _ONE_EPS = 1e-9, 1.0 - 1e-9
 
 #: An exemplar: (trace id, value, unix time).
 ExemplarData = Tuple[str, float, float]
 
 
-def sketch_code(value: float, inv_log_gamma: float) -> int:
-    """One int for the sketch bucket of ``value``: ``index * 4 + sign + 1`` (ints are
-    not tracked by the garbage collector, so recording allocates nothing it could
-    collect). ``value`` is not NaN."""
+def sketch_code(value: float, schema: int, inv_log_base: float) -> int:
+    """One int for the bucket of ``value`` in ``schema``: ``index * 4 + sign + 1``
+    (ints are not tracked by the garbage collector, so recording allocates nothing it
+    could collect). ``inv_log_base`` is :func:`~jobmetrics.schemas.inverse_log_base` of
+    ``schema``; ``value`` is not NaN; only 0.0 is in the zero bucket."""
     if value > 0.0:
-        return _ceil(_log(min(value, _MAX_FLOAT)) * inv_log_gamma) * 4 + 2
+        return _index(value, schema, inv_log_base) * 4 + 2
     if value < 0.0:
-        return _ceil(_log(min(-value, _MAX_FLOAT)) * inv_log_gamma) * 4
+        return _index(-value, schema, inv_log_base) * 4
     return 1
+
+
+def native_code(value: float, schema: int, inv_log_base: float) -> int:
+    """:func:`sketch_code` with a native histogram's zero bucket (``|v| <= 2**-128``);
+    ``value`` is not NaN."""
+    if value > ZERO_THRESHOLD:
+        return _index(value, schema, inv_log_base) * 4 + 2
+    if value < -ZERO_THRESHOLD:
+        return _index(-value, schema, inv_log_base) * 4
+    return 1
+
+
+def _index(magnitude: float, schema: int, inv: float) -> int:
+    if magnitude >= _MAX_FLOAT:
+        return index(magnitude, schema)
+    t = _log(magnitude) * inv
+    k = _ceil(t)
+    return k if _EPS < k - t < _ONE_EPS else index(magnitude, schema)
 
 
 class Duration:
     """One label set of a duration family (see the module docstring)."""
 
-    __slots__ = ("_bounds", "_count", "_family", "_inv", "_labels", "_store", "_sum",
-                 "_window", "buckets", "exemplars")
+    __slots__ = ("_bounds", "_count", "_family", "_inv", "_labels", "_native",
+                 "_native_inv", "_native_schema", "_schema", "_store", "_sum", "_window",
+                 "buckets", "exemplars")
 
     def __init__(self, store: Store, family: str, labels: Tuple[str, ...],
                  settings: Settings, kind: str) -> None:
@@ -76,9 +108,13 @@ class Duration:
         self._family = family
         self._labels = labels
         self._bounds: Optional[Tuple[float, ...]] = (
-            settings.buckets if kind == "histogram" else None)
-        self._inv = 1.0 / math.log(
-            (1.0 + settings.relative_accuracy) / (1.0 - settings.relative_accuracy))
+            settings.buckets if kind in ("histogram", "native") else None)
+        self._schema = QuantileSketch(settings.relative_accuracy).schema
+        self._inv = inverse_log_base(self._schema)
+        # Native: code -> cell handle, made on first use (None: not a native histogram).
+        self._native: Optional[Dict[int, int]] = {} if kind == "native" else None
+        self._native_schema = native_schema(settings)
+        self._native_inv = inverse_log_base(self._native_schema)
         self._window: Optional[Window] = None if self._bounds is not None else Window(
             store, family, labels, settings.max_age / settings.age_buckets,
             settings.age_buckets, extremes=True)
@@ -97,6 +133,8 @@ class Duration:
                             for i in range(len(self._bounds) + 1)]
         if self._window is not None:
             self._window.bind()
+        if self._native is not None:
+            self._native = {}
         self.exemplars = None
 
     def observe(self, value: float, now: float) -> None:
@@ -107,11 +145,33 @@ class Duration:
         w = self._window
         if w is None:
             v[self.buckets[bisect_left(self._bounds, value)]] += 1.0  # type: ignore[arg-type]
-        elif value > 0.0:  # sketch_code, inlined: the hot path of every summary
-            w.add_value(_ceil(_log(value if value < _MAX_FLOAT else _MAX_FLOAT)
-                              * self._inv) * 4 + 2, value, now)
+            native = self._native
+            if native is None:
+                return
+            if ZERO_THRESHOLD < value < _MAX_FLOAT:  # native_code, inlined
+                t = _log(value) * self._native_inv
+                k = _ceil(t)
+                if not _EPS < k - t < _ONE_EPS:
+                    k = index(value, self._native_schema)
+                code = k * 4 + 2
+            elif value == value:  # NaN has no native bucket (as in client_golang)
+                code = native_code(value, self._native_schema, self._native_inv)
+            else:
+                return
+            h = native.get(code)
+            if h is None:
+                h = native[code] = self._store.cell(
+                    (self._family, self._labels, (_ALL, NATIVE, code)))
+                v = self._store.values  # a new cell may have replaced the values
+            v[h] += 1.0
+        elif 0.0 < value < _MAX_FLOAT:  # sketch_code, inlined: the hot path of every summary
+            t = _log(value) * self._inv
+            k = _ceil(t)
+            if not _EPS < k - t < _ONE_EPS:
+                k = index(value, self._schema)
+            w.add_value(k * 4 + 2, value, now)
         elif value == value:  # NaN has no sketch bucket
-            w.add_value(sketch_code(value, self._inv), value, now)
+            w.add_value(sketch_code(value, self._schema, self._inv), value, now)
 
     def observe_exemplar(self, value: float, now: float, trace_id: str) -> None:
         """:meth:`observe`, keeping ``trace_id`` as the exemplar of the value's bucket
@@ -124,8 +184,60 @@ class Duration:
         self.exemplars[bisect_left(self._bounds, value)] = (trace_id, value, time.time())
 
 
+def native_schema(settings: Settings) -> int:
+    """The schema native histograms record in: the sketch's (the coarsest meeting
+    ``relative_accuracy``), at most 8 (Prometheus's finest)."""
+    return min(QuantileSketch(settings.relative_accuracy).schema, MAX_SCHEMA)
+
+
 # ---------------------------------------------------------------------------------
 # Reading: from merged cells (see collect.py) to samples.
+
+
+class NativeBuckets(NamedTuple):
+    """One native histogram series, as the protobuf exposition carries it."""
+
+    schema: int
+    zero_threshold: float
+    zero_count: float
+    #: ``(index, count)`` of each populated bucket, in increasing index order.
+    positive: List[Tuple[int, float]]
+    negative: List[Tuple[int, float]]
+
+
+class NativeHistogramMetric(Metric):
+    """A histogram family whose series also carry native buckets: text and OpenMetrics
+    expose its classic samples, the protobuf exposition both (see exposition.py)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        super().__init__(name, documentation, "histogram")
+        #: Native buckets by the series' sorted ``(label, value)`` pairs.
+        self.native: Dict[Tuple[Tuple[str, str], ...], NativeBuckets] = {}
+
+
+def native_buckets(parts: Mapping[Tuple[int, ...], float], settings: Settings
+                   ) -> NativeBuckets:
+    """A native series from its merged ``(ALL, NATIVE, code)`` cells, at the highest
+    schema (at most the recorded one) whose populated buckets, positive and negative
+    together (as client_golang counts them), are at most ``native_max_buckets``; -4 if
+    none is."""
+    schema = native_schema(settings)
+    zero = 0.0
+    pos: Dict[int, float] = {}
+    neg: Dict[int, float] = {}
+    for part, n in parts.items():
+        if len(part) == 3 and part[0] == _ALL and part[1] == NATIVE and n > 0:
+            code = part[2]
+            if code == 1:
+                zero += n
+            else:
+                (pos if code % 4 == 2 else neg)[code // 4] = n
+    limit = settings.native_max_buckets
+    to = schema
+    while len(pos) + len(neg) > limit and to > MIN_SCHEMA:
+        to -= 1
+        pos, neg = downscale(pos, to + 1, to), downscale(neg, to + 1, to)
+    return NativeBuckets(to, ZERO_THRESHOLD, zero, sorted(pos.items()), sorted(neg.items()))
 
 
 def summary_quantiles(parts: Mapping[Tuple[int, ...], float], settings: Settings
@@ -187,9 +299,12 @@ def emit_duration(
     settings: Settings, exemplars: Optional[Sequence[Optional[ExemplarData]]] = None,
 ) -> None:
     """Add one duration series' samples, a summary or a histogram as ``metric`` is,
-    from its merged cells."""
+    from its merged cells (and, to a :class:`NativeHistogramMetric`, its native
+    buckets)."""
     total = parts.get((_ALL, SUM), 0.0)
     count = parts.get((_ALL, COUNT), 0.0)
+    if isinstance(metric, NativeHistogramMetric):
+        metric.native[tuple(sorted(labels.items()))] = native_buckets(parts, settings)
     if metric.type == "histogram":
         emit_histogram(metric, labels, settings.buckets,
                        histogram_counts(parts, len(settings.buckets)), total, count,

@@ -1,17 +1,22 @@
 """Serving the metrics: WSGI and ASGI apps and a standalone HTTP server.
 
 Built on prometheus_client's own exposition, so content negotiation (Prometheus text
-or OpenMetrics), gzip and ``name[]=`` filtering behave exactly as there.
+or OpenMetrics), gzip and ``name[]=`` filtering behave exactly as there; a scraper whose
+``Accept`` header prefers the Prometheus protobuf exposition (Prometheus with native
+histograms on) gets that instead (:mod:`jobmetrics.protobuf`), gzipped when it accepts
+gzip, filtered by ``name[]=`` too.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import ssl
 import threading
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import prometheus_client
@@ -19,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from typing_extensions import TypedDict
 
 from ._webconfig import WebConfigSource
+from .protobuf import CONTENT_TYPE, encode, wants_protobuf
 
 if TYPE_CHECKING:
     from .core import JobMetrics
@@ -49,9 +55,44 @@ def _resolve(metrics: Optional[JobMetrics]) -> JobMetrics:
     return metrics
 
 
+def protobuf_body(registry: CollectorRegistry, query: str, accept_encoding: str
+                  ) -> Tuple[bytes, List[Tuple[str, str]]]:
+    """The protobuf exposition of ``registry`` for a request's query string and
+    ``Accept-Encoding``: body and headers. ``name[]=`` keeps the families with the name
+    or a sample of the name (whole families: protobuf has no partial histogram)."""
+    wanted = set(parse_qs(query).get("name[]", ()))
+    metrics = registry.collect()
+    if wanted:
+        metrics = (m for m in metrics
+                   if m.name in wanted or any(s.name in wanted for s in m.samples))
+    body = encode(metrics)
+    headers = [("Content-Type", CONTENT_TYPE)]
+    if "gzip" in accept_encoding:
+        body = gzip.compress(body)
+        headers.append(("Content-Encoding", "gzip"))
+    return body, headers
+
+
+def negotiating_wsgi_app(registry: CollectorRegistry) -> WSGIApp:
+    """prometheus_client's WSGI app for ``registry``, answering in protobuf when the
+    scraper prefers it."""
+    text = prometheus_client.make_wsgi_app(registry)
+
+    def serve(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not wants_protobuf(environ.get("HTTP_ACCEPT", "")):
+            return text(environ, start_response)  # type: ignore[no-any-return]
+        body, headers = protobuf_body(registry, environ.get("QUERY_STRING", ""),
+                                      environ.get("HTTP_ACCEPT_ENCODING", ""))
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    return serve
+
+
 def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """A WSGI app that serves ``metrics``' registry (default: the default instance's)."""
-    return prometheus_client.make_wsgi_app(_resolve(metrics).registry)
+    """A WSGI app that serves ``metrics``' registry (default: the default instance's):
+    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks."""
+    return negotiating_wsgi_app(_resolve(metrics).registry)
 
 
 class _ASGIApp:
@@ -60,22 +101,37 @@ class _ASGIApp:
     ``Route("/metrics", m.make_asgi_app())`` serves ``/metrics`` itself (a ``Mount``
     answers it with a 307 to ``/metrics/``)."""
 
-    __slots__ = ("_app",)
+    __slots__ = ("_app", "_registry")
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: Callable[..., Any], registry: CollectorRegistry) -> None:
         self._app = app
+        self._registry = registry
 
     async def __call__(self, scope: Dict[str, Any], receive: Callable[..., Any],
                        send: Callable[..., Any]) -> None:
+        if scope.get("type") == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope.get("headers", ())}
+            if wants_protobuf(headers.get("accept", "")):
+                body, out = protobuf_body(
+                    self._registry, scope.get("query_string", b"").decode("latin-1"),
+                    headers.get("accept-encoding", ""))
+                out.append(("Content-Length", str(len(body))))
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(k.lower().encode(), v.encode()) for k, v in out]})
+                await send({"type": "http.response.body", "body": body})
+                return
         await self._app(scope, receive, send)
 
 
 def make_asgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """An ASGI app that serves ``metrics``' registry (default: the default instance's).
+    """An ASGI app that serves ``metrics``' registry (default: the default instance's):
+    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks.
 
     In Starlette ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``.
     """
-    return _ASGIApp(prometheus_client.make_asgi_app(_resolve(metrics).registry))
+    registry = _resolve(metrics).registry
+    return _ASGIApp(prometheus_client.make_asgi_app(registry), registry)
 
 
 #: Seconds a connection may sit idle (before its request, or mid-read or mid-write)
@@ -227,8 +283,9 @@ def _serve(
 
 
 def metrics_app(registry: CollectorRegistry, paths: Sequence[str]) -> WSGIApp:
-    """prometheus_client's exposition of ``registry`` at ``paths``, 404 elsewhere."""
-    return _only_paths(prometheus_client.make_wsgi_app(registry), paths)
+    """prometheus_client's exposition of ``registry`` (or the protobuf one, when the
+    scraper prefers it) at ``paths``, 404 elsewhere."""
+    return _only_paths(negotiating_wsgi_app(registry), paths)
 
 
 def start_http_server(

@@ -29,6 +29,7 @@ from prometheus_client.metrics_core import (
 )
 
 from .cells import Rule
+from .durations import NativeHistogramMetric
 from .settings import Settings
 
 __all__ = ["FAMILIES", "Family", "FamilyTable", "Merge"]
@@ -126,7 +127,7 @@ class FamilyTable:
         self.keys: Dict[str, str] = {name: key for key, name in self.names.items()}
 
     def kind(self, key: str) -> str:
-        """``counter``, ``gauge``, ``info``, ``summary`` or ``histogram``."""
+        """``counter``, ``gauge``, ``info``, ``summary``, ``histogram`` or ``native``."""
         kind = FAMILIES[key].type
         return getattr(self.settings, kind) if kind.endswith("_duration") else kind
 
@@ -156,9 +157,12 @@ class FamilyTable:
         return InfoMetricFamily(self.names[key], FAMILIES[key].doc)
 
     def duration(self, key: str) -> Metric:
-        """An empty summary or histogram family (as configured), ready for
-        ``add_sample``."""
-        return Metric(self.names[key], FAMILIES[key].doc, self.kind(key))
+        """An empty summary, histogram or native histogram family (as configured), ready
+        for ``add_sample``."""
+        kind = self.kind(key)
+        if kind == "native":
+            return NativeHistogramMetric(self.names[key], FAMILIES[key].doc)
+        return Metric(self.names[key], FAMILIES[key].doc, kind)
 
     def window(self, key: str) -> float:
         """The age-bucket width of a windowed family, in seconds."""

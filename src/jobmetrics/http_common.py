@@ -122,7 +122,7 @@ def exemplar_series(metrics: JobMetrics) -> Optional[HttpState]:
     """``metrics.http`` when exemplars can be recorded: OpenTelemetry's API installed,
     histogram durations (OpenMetrics allows exemplars on buckets, not on summary
     quantiles) and the in-process mode; else ``None`` and the middleware skips the work."""
-    if (_otel_trace is None or metrics.settings.http_duration != "histogram"
+    if (_otel_trace is None or metrics.settings.http_duration not in ("histogram", "native")
             or metrics.settings.multiprocess_dir):
         return None
     return metrics.http

@@ -27,7 +27,7 @@ DEFAULT_BUCKETS: Tuple[float, ...] = (
     900.0, 3600.0,
 )
 
-DurationKind = str  # "summary" or "histogram"
+DurationKind = str  # "summary", "histogram" or "native"
 
 _NAME_PART = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -138,11 +138,12 @@ def check_buckets(arg: str, value: object) -> Tuple[float, ...]:
 
 
 def check_kind(arg: str, value: object) -> str:
-    """``"summary"`` or ``"histogram"``."""
+    """``"summary"``, ``"histogram"`` or ``"native"``."""
     if not isinstance(value, str):
-        raise TypeError(f"{arg} must be 'summary' or 'histogram', got {type(value).__name__}")
-    if value not in ("summary", "histogram"):
-        raise ValueError(f"{arg} must be 'summary' or 'histogram', got {value!r}")
+        raise TypeError(f"{arg} must be 'summary', 'histogram' or 'native', got "
+                        f"{type(value).__name__}")
+    if value not in ("summary", "histogram", "native"):
+        raise ValueError(f"{arg} must be 'summary', 'histogram' or 'native', got {value!r}")
     return value
 
 
@@ -165,6 +166,7 @@ class Settings:
     success_rate_window: float = 600.0
     max_series: int = 1000
     multiprocess_dir: str = ""
+    native_max_buckets: int = 160
 
     def __post_init__(self) -> None:
         check_name_part("namespace", self.namespace)
@@ -190,6 +192,7 @@ class Settings:
             check_window("success_rate_window", self.success_rate_window),
         )
         check_int("max_series", self.max_series, 1)
+        check_int("native_max_buckets", self.native_max_buckets, 1)
         if not isinstance(self.multiprocess_dir, str):
             raise TypeError(
                 f"multiprocess_dir must be a str, got {type(self.multiprocess_dir).__name__}"

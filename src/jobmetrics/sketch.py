@@ -1,17 +1,22 @@
-"""A mergeable quantile sketch with a relative-error guarantee (DDSketch).
+"""A mergeable quantile sketch with a relative-error guarantee (DDSketch), whose buckets
+are those of a Prometheus native-histogram schema.
 
 Values are counted in logarithmically spaced buckets: bucket ``i`` holds the values in
-``(gamma**(i-1), gamma**i]`` with ``gamma = (1 + a) / (1 - a)`` for relative accuracy
-``a``, and reports ``2 * gamma**i / (gamma + 1)`` for any of them, which is within
-``a * |x|`` of every ``x`` in the bucket. Hence, for any quantile ``q``, the estimate
-``v`` and the exact ``q``-quantile ``x`` of the values seen (the element of rank
-``floor(q * (n - 1))`` in sorted order) satisfy ``|v - x| <= a * |x|``.
+``(base**(i-1), base**i]`` with ``base = 2**(2**-n)``, bucket ``i`` of native-histogram
+schema ``n`` (:mod:`jobmetrics.schemas`). The schema is the coarsest whose accuracy
+``a' = (base - 1) / (base + 1)`` is at most the ``relative_accuracy`` asked for (0.01
+gives schema 6: base 1.0109, ``a'`` = 0.54%). A bucket reports ``2 * base**i / (base + 1)``
+for any of its values, which is within ``a' * |x|`` of every ``x`` in it. Hence, for any
+quantile ``q``, the estimate ``v`` and the exact ``q``-quantile ``x`` of the values seen
+(the element of rank ``floor(q * (n - 1))`` in sorted order) satisfy
+``|v - x| <= a' * |x| <= relative_accuracy * |x|``.
 
-Two sketches with the same accuracy merge by adding bucket counts, and the merge is
-exactly the sketch of the union, so quantiles stay right across worker processes.
+Two sketches of one schema merge by adding bucket counts, and the merge is exactly the
+sketch of the union, so quantiles stay right across worker processes; a sketch's buckets
+also merge exactly into any lower schema (bucket ``i`` into ``ceil(i / 2**(n-m))``).
 Memory is bounded by ``max_buckets`` per sign: past it, the buckets nearest zero are
 folded together (the guarantee then holds for quantiles above the folded range; with
-the defaults that needs values spanning more than 17 orders of magnitude).
+the defaults that needs values spanning more than 19 orders of magnitude).
 
 See Masson, Rim and Lee, "DDSketch: a fast and fully-mergeable quantile sketch with
 relative-error guarantees", VLDB 2019.
@@ -23,14 +28,14 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Dict, List, Tuple
 
+from .schemas import accuracy, fast_index, inverse_log_base, schema_for
+
 __all__ = ["DEFAULT_MAX_BUCKETS", "DEFAULT_RELATIVE_ACCURACY", "QuantileSketch"]
 
 DEFAULT_RELATIVE_ACCURACY = 0.01
-DEFAULT_MAX_BUCKETS = 2048
+DEFAULT_MAX_BUCKETS = 4096
 
 _MAX_FLOAT = 1.7976931348623157e308
-_log = math.log
-_ceil = math.ceil
 
 
 class QuantileSketch:
@@ -39,8 +44,8 @@ class QuantileSketch:
     Not synchronised: the owner serialises access (the metrics hold a lock around it).
     """
 
-    __slots__ = ("_inv_log_gamma", "_neg", "_pos", "count", "gamma", "max_buckets",
-                 "relative_accuracy", "zero_count")
+    __slots__ = ("_inv_log_gamma", "_neg", "_pos", "accuracy", "count", "gamma",
+                 "max_buckets", "relative_accuracy", "schema", "zero_count")
 
     def __init__(
         self,
@@ -59,8 +64,12 @@ class QuantileSketch:
             raise ValueError(f"max_buckets must be at least 2, got {max_buckets!r}")
         self.relative_accuracy = float(relative_accuracy)
         self.max_buckets = max_buckets
-        self.gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
-        self._inv_log_gamma = 1.0 / _log(self.gamma)
+        #: The native-histogram schema of the buckets.
+        self.schema = schema_for(self.relative_accuracy)
+        #: The guarantee the schema gives (at most ``relative_accuracy``).
+        self.accuracy = accuracy(self.schema)
+        self.gamma: float = float(2.0 ** (2.0 ** -self.schema))
+        self._inv_log_gamma = inverse_log_base(self.schema)
         self._pos: Dict[int, int] = {}
         self._neg: Dict[int, int] = {}
         self.zero_count = 0
@@ -69,14 +78,10 @@ class QuantileSketch:
     def add(self, value: float) -> None:
         """Count one value. NaN is ignored; infinities land in the outermost bucket."""
         if value > 0.0:
-            if value == math.inf:
-                value = _MAX_FLOAT
-            k = _ceil(_log(value) * self._inv_log_gamma)
+            k = fast_index(value, self.schema, self._inv_log_gamma)
             bins = self._pos
         elif value < 0.0:
-            if value == -math.inf:
-                value = -_MAX_FLOAT
-            k = _ceil(_log(-value) * self._inv_log_gamma)
+            k = fast_index(-value, self.schema, self._inv_log_gamma)
             bins = self._neg
         elif value == 0.0:
             self.zero_count += 1
@@ -90,12 +95,13 @@ class QuantileSketch:
             self._collapse(bins)
 
     def key(self, value: float) -> Tuple[int, int]:
-        """``(sign, index)`` of the bucket ``value`` falls in: sign 1, -1 or 0 (zero).
+        """``(sign, index)`` of the bucket ``value`` falls in: sign 1, -1 or 0 (zero);
+        ``index`` is the bucket's in the native-histogram schema :attr:`schema`.
         NaN has no bucket: ``ValueError``."""
         if value > 0.0:
-            return 1, _ceil(_log(min(value, _MAX_FLOAT)) * self._inv_log_gamma)
+            return 1, fast_index(value, self.schema, self._inv_log_gamma)
         if value < 0.0:
-            return -1, _ceil(_log(min(-value, _MAX_FLOAT)) * self._inv_log_gamma)
+            return -1, fast_index(-value, self.schema, self._inv_log_gamma)
         if value == 0.0:
             return 0, 0
         raise ValueError("NaN has no bucket")
@@ -130,9 +136,9 @@ class QuantileSketch:
 
     def merge(self, other: QuantileSketch) -> None:
         """Add ``other``'s counts into this sketch (the sketch of the union)."""
-        if other.gamma != self.gamma:
+        if other.schema != self.schema:
             raise ValueError(
-                "cannot merge sketches with different relative_accuracy "
+                "cannot merge sketches of different schemas: relative_accuracy "
                 f"({self.relative_accuracy} and {other.relative_accuracy})"
             )
         for src, dst in ((other._pos, self._pos), (other._neg, self._neg)):
@@ -159,7 +165,7 @@ class QuantileSketch:
 
     def _value(self, k: int) -> float:
         try:
-            return 2.0 * self.gamma ** k / (self.gamma + 1.0)
+            return 2.0 * float(self.gamma ** k) / (self.gamma + 1.0)
         except OverflowError:  # the bucket of the largest floats
             return _MAX_FLOAT
 
