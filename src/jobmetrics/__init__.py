@@ -9,8 +9,14 @@
 from __future__ import annotations
 
 from .asgi import ASGIMiddleware
-from .core import JobMetrics, default_metrics, set_default_metrics
-from .exposition import make_asgi_app, make_wsgi_app, start_http_server
+from .core import (
+    JobMetrics,
+    default_metrics,
+    make_asgi_app,
+    make_wsgi_app,
+    set_default_metrics,
+    start_http_server,
+)
 from .settings import DEFAULT_BUCKETS, DEFAULT_QUANTILES
 from .sketch import QuantileSketch
 from .summary import QuantileSummary

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from . import _errors
+from .core import resolve_metrics
 from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 
 if TYPE_CHECKING:
@@ -125,13 +126,11 @@ class ASGIMiddleware:
         exclude_paths: Optional[Iterable[str]] = None,
         max_series: int = 1000,
     ) -> None:
-        from .exposition import _resolve
-
         if not callable(app):
             raise TypeError(f"app must be the ASGI application to wrap (a callable), "
                             f"got {type(app).__name__}")
         self.app = app
-        self.metrics = _resolve(metrics)
+        self.metrics = resolve_metrics(metrics)
         if operation is not None and not callable(operation):
             raise TypeError("operation must be a callable taking the scope")
         self._operation = operation

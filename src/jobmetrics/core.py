@@ -21,12 +21,13 @@ from typing import (
     Union,
     overload,
 )
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from typing_extensions import Unpack
 
-from . import multiprocess
-from .exposition import ServeOptions
+from . import exposition, multiprocess
+from .exposition import DEFAULT_TIMEOUT, ServeOptions
 from .push import PushOnExit
 from .service import Service
 from .settings import (
@@ -46,7 +47,15 @@ if TYPE_CHECKING:
 
     from .asyncio_workers import WorkerPool
 
-__all__ = ["JobMetrics", "default_metrics", "set_default_metrics"]
+__all__ = [
+    "JobMetrics",
+    "default_metrics",
+    "make_asgi_app",
+    "make_wsgi_app",
+    "resolve_metrics",
+    "set_default_metrics",
+    "start_http_server",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: A queue or executor: the instrumented proxy passes for one (``isinstance`` holds).
@@ -486,17 +495,14 @@ class JobMetrics:
     # -- exposition ----------------------------------------------------------------
 
     def make_wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app serving this registry (prometheus_client's: content negotiation,
-        OpenMetrics, gzip)."""
-        from .exposition import make_wsgi_app
-
-        return make_wsgi_app(self)
+        """A WSGI app serving this registry: text, OpenMetrics or protobuf as the
+        scraper's ``Accept`` header asks, gzip and ``name[]=`` as prometheus_client's."""
+        return exposition.negotiating_wsgi_app(self.registry)
 
     def make_asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app serving this registry (prometheus_client's)."""
-        from .exposition import make_asgi_app
-
-        return make_asgi_app(self)
+        """An ASGI app serving this registry (as :meth:`make_wsgi_app`). In Starlette
+        ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``."""
+        return exposition.asgi_app(self.registry)
 
     def start_http_server(
         self, port: Optional[int] = None, addr: Optional[str] = None,
@@ -509,8 +515,6 @@ class JobMetrics:
         ``server.shutdown()`` stops it. Returns ``None`` and serves nothing when metrics
         are disabled (Harbor's ``enabled: false``).
         """
-        from .exposition import start_http_server
-
         return start_http_server(
             self.port if port is None else port,
             addr=self.addr if addr is None else addr,
@@ -564,3 +568,61 @@ def set_default_metrics(metrics: Optional[JobMetrics]) -> None:
         raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
     with _default_lock:
         _default = metrics
+
+
+def resolve_metrics(metrics: Optional[JobMetrics]) -> JobMetrics:
+    """``metrics``, or the process-wide default when ``None`` (``TypeError`` for
+    anything that is not a :class:`JobMetrics`)."""
+    if metrics is None:
+        return default_metrics()
+    if not isinstance(metrics, JobMetrics):
+        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
+    return metrics
+
+
+def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
+    """A WSGI app that serves ``metrics``' registry (default: the default instance's):
+    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks."""
+    return resolve_metrics(metrics).make_wsgi_app()
+
+
+def make_asgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
+    """An ASGI app that serves ``metrics``' registry (default: the default instance's):
+    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks.
+
+    In Starlette ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``.
+    """
+    return resolve_metrics(metrics).make_asgi_app()
+
+
+def start_http_server(
+    port: int,
+    addr: str = "0.0.0.0",
+    metrics: Optional[JobMetrics] = None,
+    path: Optional[str] = None,
+    *,
+    web_config_file: Optional[str] = None,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+) -> Optional[Tuple[WSGIServer, threading.Thread]]:
+    """Serve the metrics at ``http://addr:port{path}`` from a daemon thread.
+
+    ``addr`` defaults to ``0.0.0.0`` (every IPv4 interface, as Harbor's jobservice binds);
+    give ``127.0.0.1`` to keep it on the host, or an IPv6 address (``::1``, ``::``).
+    ``path`` defaults to the instance's (``/metrics``); other paths answer 404. Port 0
+    picks a free port: read it from ``server.server_port``. ``web_config_file`` turns on
+    TLS and/or basic auth from a Prometheus exporter-toolkit web config file.
+    ``timeout`` (seconds) closes a connection idle that long. A port that cannot be bound
+    raises ``OSError`` naming ``addr:port``.
+
+    Returns ``(server, thread)`` (``server.shutdown()`` stops it), or ``None`` without
+    serving when the metrics are disabled, as Harbor's ``metric: {enabled: false}`` turns
+    the endpoint off.
+    """
+    m = resolve_metrics(metrics)
+    exposition.check_port(port, addr)
+    if not m.enabled:
+        exposition.logger.info("jobmetrics: metrics disabled, not serving on %s",
+                               exposition.display(addr, port))
+        return None
+    return exposition.serve_metrics(m.registry, port, addr, path or m.path,
+                                    web_config_file=web_config_file, timeout=timeout)

@@ -1,4 +1,7 @@
-"""Serving the metrics: WSGI and ASGI apps and a standalone HTTP server.
+"""Serving a registry: WSGI and ASGI apps and the one HTTP server of jobmetrics.
+
+This module knows registries, not ``JobMetrics``: the facade (``core.py``) resolves the
+default instance and calls down here, so nothing here imports it back.
 
 Built on prometheus_client's own exposition, so content negotiation (Prometheus text
 or OpenMetrics), gzip and ``name[]=`` filtering behave exactly as there; a scraper whose
@@ -15,7 +18,7 @@ import socket
 import ssl
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -26,10 +29,8 @@ from typing_extensions import TypedDict
 from ._webconfig import WebConfigSource
 from .protobuf import CONTENT_TYPE, encode, wants_protobuf
 
-if TYPE_CHECKING:
-    from .core import JobMetrics
-
-__all__ = ["make_asgi_app", "make_wsgi_app", "start_http_server"]
+__all__ = ["DEFAULT_TIMEOUT", "ServeOptions", "asgi_app", "check_port", "metrics_app",
+           "negotiating_wsgi_app", "serve_metrics"]
 
 logger = logging.getLogger("jobmetrics")
 
@@ -43,16 +44,6 @@ class ServeOptions(TypedDict, total=False):
 
 
 WSGIApp = Callable[[Dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def _resolve(metrics: Optional[JobMetrics]) -> JobMetrics:
-    from .core import JobMetrics, default_metrics
-
-    if metrics is None:
-        return default_metrics()
-    if not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    return metrics
 
 
 def protobuf_body(registry: CollectorRegistry, query: str, accept_encoding: str
@@ -89,10 +80,6 @@ def negotiating_wsgi_app(registry: CollectorRegistry) -> WSGIApp:
     return serve
 
 
-def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """A WSGI app that serves ``metrics``' registry (default: the default instance's):
-    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks."""
-    return negotiating_wsgi_app(_resolve(metrics).registry)
 
 
 class _ASGIApp:
@@ -124,13 +111,9 @@ class _ASGIApp:
         await self._app(scope, receive, send)
 
 
-def make_asgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:
-    """An ASGI app that serves ``metrics``' registry (default: the default instance's):
-    text, OpenMetrics or protobuf as the scraper's ``Accept`` header asks.
-
-    In Starlette ``Route("/metrics", app)``, in FastAPI ``app.add_route("/metrics", app)``.
-    """
-    registry = _resolve(metrics).registry
+def asgi_app(registry: CollectorRegistry) -> Callable[..., Any]:
+    """An ASGI app serving ``registry``: text, OpenMetrics or protobuf as the scraper's
+    ``Accept`` header asks."""
     return _ASGIApp(prometheus_client.make_asgi_app(registry), registry)
 
 
@@ -233,7 +216,7 @@ def _guarded(app: WSGIApp, web: WebConfigSource) -> WSGIApp:
     return serve
 
 
-def _check_port(port: object, addr: object) -> None:
+def check_port(port: object, addr: object) -> None:
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, got {type(port).__name__} {port!r}")
     if not 0 <= port <= 65535:
@@ -242,7 +225,7 @@ def _check_port(port: object, addr: object) -> None:
         raise TypeError(f"addr must be a str, got {type(addr).__name__}")
 
 
-def _display(addr: str, port: int) -> str:
+def display(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
@@ -261,13 +244,13 @@ def _serve(
     ``addr`` may be IPv4, IPv6 (``::1``, ``::``) or a host name. A port that cannot be
     bound raises ``OSError`` (its errno kept) naming ``addr:port``.
     """
-    _check_port(port, addr)
+    check_port(port, addr)
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
     web = WebConfigSource(web_config_file) if web_config_file is not None else None
     if web is not None:
         app = _guarded(app, web)
-    where = _display(addr, port)
+    where = display(addr, port)
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(
             addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -288,33 +271,11 @@ def metrics_app(registry: CollectorRegistry, paths: Sequence[str]) -> WSGIApp:
     return _only_paths(negotiating_wsgi_app(registry), paths)
 
 
-def start_http_server(
-    port: int,
-    addr: str = "0.0.0.0",
-    metrics: Optional[JobMetrics] = None,
-    path: Optional[str] = None,
-    *,
-    web_config_file: Optional[str] = None,
-    timeout: Optional[float] = DEFAULT_TIMEOUT,
-) -> Optional[Tuple[WSGIServer, threading.Thread]]:
-    """Serve the metrics at ``http://addr:port{path}`` from a daemon thread.
-
-    ``addr`` defaults to ``0.0.0.0`` (every IPv4 interface, as Harbor's jobservice binds);
-    give ``127.0.0.1`` to keep it on the host, or an IPv6 address (``::1``, ``::``).
-    ``path`` defaults to the instance's (``/metrics``); other paths answer 404. Port 0
-    picks a free port: read it from ``server.server_port``. ``web_config_file`` turns on
-    TLS and/or basic auth from a Prometheus exporter-toolkit web config file.
-    ``timeout`` (seconds) closes a connection idle that long. A port that cannot be bound
-    raises ``OSError`` naming ``addr:port``.
-
-    Returns ``(server, thread)`` (``server.shutdown()`` stops it), or ``None`` without
-    serving when the metrics are disabled, as Harbor's ``metric: {enabled: false}`` turns
-    the endpoint off.
-    """
-    m = _resolve(metrics)
-    _check_port(port, addr)
-    if not m.enabled:
-        logger.info("jobmetrics: metrics disabled, not serving on %s", _display(addr, port))
-        return None
-    app = metrics_app(m.registry, (path or m.path,))
-    return _serve(app, port, addr, web_config_file=web_config_file, timeout=timeout)
+def serve_metrics(
+    registry: CollectorRegistry, port: int, addr: str, path: str, *,
+    web_config_file: Optional[str] = None, timeout: Optional[float] = DEFAULT_TIMEOUT,
+) -> Tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` at ``http://addr:port{path}`` (404 elsewhere) from a daemon
+    thread; see :func:`jobmetrics.start_http_server`."""
+    return _serve(metrics_app(registry, (path,)), port, addr,
+                  web_config_file=web_config_file, timeout=timeout)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from . import _errors
+from .core import resolve_metrics
 from .http_common import RECORDING, UNKNOWN, LabelPolicy, current_trace_id, exemplar_series
 from .state import HttpState
 
@@ -162,13 +163,11 @@ class WSGIMiddleware:
         exclude_paths: Optional[Iterable[str]] = None,
         max_series: int = 1000,
     ) -> None:
-        from .exposition import _resolve
-
         if not callable(app):
             raise TypeError(f"app must be the WSGI application to wrap (a callable), "
                             f"got {type(app).__name__}")
         self.app = app
-        self.metrics = _resolve(metrics)
+        self.metrics = resolve_metrics(metrics)
         if operation is not None and not callable(operation):
             raise TypeError("operation must be a callable taking the environ")
         self._operation = operation

@@ -24,7 +24,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
-from ..exposition import _display, _serve, metrics_app
+from ..exposition import _serve, display, metrics_app
 from ..redact import redact_url
 from ..settings import parse_bool
 from .client import check_redis_url
@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info(
         "jobmetrics exporter: serving %s://%s/metrics, layout %s, reading %s",
         "https" if server.web and server.web.current().ssl_context else "http",
-        _display(args.addr, server.server_port), args.layout, redact_url(url),
+        display(args.addr, server.server_port), args.layout, redact_url(url),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
