@@ -9,11 +9,25 @@ keeps age buckets apart, for the archive of dead processes.
 from __future__ import annotations
 
 import math
-from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+import operator
+import os
+import threading
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from prometheus_client.metrics_core import Metric
 
-from .cells import Key, Rule, Snapshot
+from .cells import Columns, Key, Rule, Snapshot
 from .durations import COUNT, ExemplarData, emit_duration
 from .families import FamilyTable
 from .state import STATUSES
@@ -42,7 +56,188 @@ def merge(snapshots: Iterable[Snapshot], families: Collection[str],
     Only keys of ``families`` are read. Window cells lose their slot: the buckets inside
     the window at ``now`` (by each family's bucket width in ``windows``) are combined. NaN
     values are left out (a cell withdrawn by its writer).
+
+    Snapshots whose items are :class:`~jobmetrics.cells.Columns` (multi-process files)
+    are merged by a plan made once per key table: each key resolved to a slot of the
+    merged key space, so a scrape adds values into a list, file by file, without
+    looking a key up.
     """
+    snaps = snapshots if isinstance(snapshots, list) else list(snapshots)
+    if not any(type(s.items) is Columns for s in snaps):
+        return _merge_items(snaps, families, windows, n, now)
+    merger = _merger(families, windows)
+    work = []
+    for snap in snaps:
+        items = snap.items
+        if type(items) is Columns:
+            work.append((merger.plan(items.table), items.values, snap.live))
+        else:
+            cells = list(items)
+            table = _Table(tuple(k for k, _ in cells))
+            work.append((merger.plan(table), tuple(v for _, v in cells), snap.live))
+    keys = merger.keys
+    acc = [0.0] * len(keys)  # every slot of the plans above is below this length
+    present: Set[int] = set()
+    extremes: Dict[int, float] = {}
+    for plan, vals, live in work:
+        if plan.all_slots:
+            _add(acc, present, plan.all_get(vals), plan.all_slots, plan.all_set)
+        if live and plan.live_slots:
+            _add(acc, present, plan.live_get(vals), plan.live_slots, plan.live_set)
+        for ei, width, get, slots, slot_set, ext in plan.buckets:
+            e = vals[ei]
+            current = now // width
+            if not current - n < e <= current:  # NaN: never written, never inside
+                continue
+            if slots:
+                _add(acc, present, get(vals), slots, slot_set)
+            for i, s, lowest in ext:
+                v = vals[i]
+                if v == v:
+                    old = extremes.get(s)
+                    if old is None or (v < old if lowest else v > old):
+                        extremes[s] = v
+    out = {keys[s]: acc[s] for s in sorted(present)}
+    for s, v in extremes.items():
+        out[keys[s]] = v
+    return out
+
+
+def _add(acc: List[float], present: Set[int], values: Tuple[float, ...],
+         slots: Sequence[int], slot_set: Collection[int]) -> None:
+    if sum(values) == sum(values):  # no NaN: the common case, no test per value
+        for s, v in zip(slots, values):
+            acc[s] += v
+        present.update(slot_set)
+    else:
+        for s, v in zip(slots, values):
+            if v == v:
+                acc[s] += v
+                present.add(s)
+
+
+class _Table:
+    """The key column of a snapshot that came as a list (a plan made for one merge)."""
+
+    __slots__ = ("keys", "plans")
+
+    def __init__(self, keys: Tuple[Key, ...]) -> None:
+        self.keys = keys
+        self.plans: Dict[object, object] = {}
+
+
+_Getter = Callable[[Sequence[float]], Tuple[float, ...]]
+#: ``(epoch index, width, getter, slots, slot set, [(index, slot, is WMIN)])``
+_Bucket3 = Tuple[int, float, _Getter, List[int], "frozenset[int]", List[Tuple[int, int, bool]]]
+
+
+def _getter(indices: List[int]) -> _Getter:
+    """Picks ``indices`` out of a sequence as a tuple, in one C call."""
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda v: (v[i],)
+    if not indices:
+        return lambda v: ()
+    return operator.itemgetter(*indices)
+
+
+class _Plan:
+    """What one key table's cells are to one merger: the value indices of each rule and
+    the merged slots they add into."""
+
+    __slots__ = ("all_get", "all_set", "all_slots", "buckets", "live_get", "live_set",
+                 "live_slots")
+
+    def __init__(self, merger: _Merger, keys: Sequence[Key]) -> None:
+        families, windows, slot = merger.families, merger.windows, merger.slot
+        all_i: List[int] = []
+        all_s: List[int] = []
+        live_i: List[int] = []
+        live_s: List[int] = []
+        epochs: Dict[_Bucket, int] = {}
+        cells: Dict[_Bucket, List[Tuple[int, int, int]]] = {}
+        for i, key in enumerate(keys):
+            fam, labels, part = key
+            rule = part[0]
+            if rule == _EPOCH:
+                if fam in windows:
+                    epochs.setdefault((fam, labels, part[1]), i)
+            elif fam not in families:
+                continue
+            elif rule == _ALL:
+                all_i.append(i)
+                all_s.append(slot(key))
+            elif rule == _LIVE:
+                live_i.append(i)
+                live_s.append(slot(key))
+            elif _WSUM <= rule <= _WMAX and len(part) >= 2:
+                cells.setdefault((fam, labels, part[1]), []).append(
+                    (i, slot((fam, labels, (rule, *part[2:]))), rule))
+        self.all_get, self.all_slots, self.all_set = _getter(all_i), all_s, frozenset(all_s)
+        self.live_get, self.live_slots = _getter(live_i), live_s
+        self.live_set = frozenset(live_s)
+        self.buckets: List[_Bucket3] = []
+        for bucket, members in cells.items():
+            ei = epochs.get(bucket)
+            if ei is None:
+                continue  # no epoch: never inside the window
+            sums = [(i, s) for i, s, rule in members if rule == _WSUM]
+            self.buckets.append((
+                ei, windows[bucket[0]], _getter([i for i, _ in sums]), [s for _, s in sums],
+                frozenset(s for _, s in sums),
+                [(i, s, rule == _WMIN) for i, s, rule in members if rule != _WSUM]))
+
+
+class _Merger:
+    """The merged key space of one ``(families, windows)``: a slot per key ever read,
+    and the plan of every key table read (kept in the table's ``plans``)."""
+
+    def __init__(self, families: Collection[str], windows: Mapping[str, float]) -> None:
+        self.families = frozenset(families)
+        self.windows = dict(windows)
+        self.keys: List[Key] = []
+        self._slots: Dict[Key, int] = {}
+        self._lock = threading.Lock()
+
+    def slot(self, key: Key) -> int:
+        """``key``'s slot (the caller holds the lock)."""
+        s = self._slots.get(key)
+        if s is None:
+            self.keys.append(key)  # first: a fork mid-way leaves an unused key, no hole
+            s = self._slots[key] = len(self.keys) - 1
+        return s
+
+    def plan(self, table: object) -> _Plan:
+        plans: Dict[object, object] = table.plans  # type: ignore[attr-defined]
+        plan = plans.get(self)
+        if plan is None:
+            with self._lock:
+                plan = _Plan(self, table.keys)  # type: ignore[attr-defined]
+            plans[self] = plan
+        return plan  # type: ignore[return-value]
+
+
+_mergers: Dict[Tuple[frozenset[str], Tuple[Tuple[str, float], ...]], _Merger] = {}
+#: Past this many merged keys a merger starts again (label values come and go).
+_MAX_SLOTS = 1_000_000
+
+
+def _merger(families: Collection[str], windows: Mapping[str, float]) -> _Merger:
+    fams = families if isinstance(families, frozenset) else frozenset(families)
+    key = (fams, tuple(sorted(windows.items())))
+    merger = _mergers.get(key)
+    if merger is None or len(merger.keys) > _MAX_SLOTS:
+        merger = _mergers[key] = _Merger(fams, windows)
+    return merger
+
+
+if hasattr(os, "register_at_fork"):  # a merger's lock may be held by a thread of the parent
+    os.register_at_fork(after_in_child=_mergers.clear)
+
+
+def _merge_items(snapshots: Sequence[Snapshot], families: Collection[str],
+                 windows: Mapping[str, float], n: int, now: float) -> Dict[Key, float]:
+    # Snapshots as lists of pairs (one process's memory): read once, no plan to keep.
     out: Dict[Key, float] = {}
     for snap in snapshots:
         items = snap.items if isinstance(snap.items, list) else list(snap.items)
