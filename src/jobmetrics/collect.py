@@ -130,6 +130,8 @@ class _Table:
 
 
 _Getter = Callable[[Sequence[float]], Tuple[float, ...]]
+# What a key is to a merger (see _Merger.resolve).
+_R_SKIP, _R_ALL, _R_LIVE, _R_EPOCH, _R_WSUM, _R_WMIN, _R_WMAX = range(7)
 
 
 def _getter(indices: Sequence[int]) -> _Getter:
@@ -171,37 +173,38 @@ class _Plan:
     __slots__ = ("_all", "_cached", "_groups", "_live", "_merger")
 
     def __init__(self, merger: _Merger, keys: Sequence[Key]) -> None:
-        families, windows, slot = merger.families, merger.windows, merger.slot
         self._merger = merger
         self._all: List[Tuple[int, int]] = []
         self._live: List[Tuple[int, int]] = []
-        epochs: Dict[_Bucket, int] = {}
-        cells: Dict[_Bucket, _BucketCells] = {}
+        epochs: Dict[int, int] = {}
+        cells: Dict[int, _BucketCells] = {}
+        resolved, resolve = merger.resolved, merger.resolve
         for i, key in enumerate(keys):
-            fam, labels, part = key
-            rule = part[0]
-            if rule == _EPOCH:
-                if fam in windows and len(part) >= 2:
-                    epochs.setdefault((fam, labels, part[1]), i)
-            elif fam not in families:
-                continue
-            elif rule == _ALL:
-                self._all.append((i, slot(key)))
-            elif rule == _LIVE:
-                self._live.append((i, slot(key)))
-            elif _WSUM <= rule <= _WMAX and len(part) >= 2:
-                sums, ext = cells.setdefault((fam, labels, part[1]), ([], []))
-                s = slot((fam, labels, (rule, *part[2:])))
-                if rule == _WSUM:
-                    sums.append((i, s))
+            r = resolved.get(key)
+            if r is None:
+                r = resolve(key)
+            what, s, bucket = r
+            if what == _R_ALL:
+                self._all.append((i, s))
+            elif what == _R_LIVE:
+                self._live.append((i, s))
+            elif what == _R_EPOCH:
+                epochs.setdefault(bucket, i)
+            elif what != _R_SKIP:
+                members = cells.get(bucket)
+                if members is None:
+                    members = cells[bucket] = ([], [])
+                if what == _R_WSUM:
+                    members[0].append((i, s))
                 else:
-                    ext.append((i, s, rule == _WMIN))
+                    members[1].append((i, s, what == _R_WMIN))
+        widths = merger.bucket_widths
         # Buckets by width: (width, getter of their epochs, their cells).
         by_width: Dict[float, Tuple[List[int], List[_BucketCells]]] = {}
         for bucket, members in cells.items():
             ei = epochs.get(bucket)
             if ei is not None:  # no epoch: never inside the window
-                w = by_width.setdefault(windows[bucket[0]], ([], []))
+                w = by_width.setdefault(widths[bucket], ([], []))
                 w[0].append(ei)
                 w[1].append(members)
         self._groups = [(width, _getter(eis), members)
@@ -247,6 +250,40 @@ class _Merger:
         self._slots: Dict[Key, int] = {}
         self._interned: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
         self._lock = threading.Lock()
+        #: Each key read: (what it is, its slot, its age bucket's number); see resolve.
+        self.resolved: Dict[Key, Tuple[int, int, int]] = {}
+        self._buckets: Dict[_Bucket, int] = {}
+        #: The bucket width of each age bucket number.
+        self.bucket_widths: List[float] = []
+
+    def resolve(self, key: Key) -> Tuple[int, int, int]:
+        """What ``key`` is to this merger (the caller holds the lock): ``(_R_*, slot,
+        age bucket number)``, remembered for the next table holding it."""
+        fam, labels, part = key
+        rule = part[0]
+        what, s, bucket = _R_SKIP, -1, -1
+        if rule == _EPOCH:
+            if fam in self.windows and len(part) >= 2:
+                what, bucket = _R_EPOCH, self._bucket((fam, labels, part[1]))
+        elif fam not in self.families:
+            pass
+        elif rule == _ALL:
+            what, s = _R_ALL, self.slot(key)
+        elif rule == _LIVE:
+            what, s = _R_LIVE, self.slot(key)
+        elif _WSUM <= rule <= _WMAX and len(part) >= 2 and fam in self.windows:
+            what = _R_WSUM if rule == _WSUM else _R_WMIN if rule == _WMIN else _R_WMAX
+            s = self.slot((fam, labels, (rule, *part[2:])))
+            bucket = self._bucket((fam, labels, part[1]))
+        found = self.resolved[key] = (what, s, bucket)
+        return found
+
+    def _bucket(self, bucket: _Bucket) -> int:
+        b = self._buckets.get(bucket)
+        if b is None:
+            self.bucket_widths.append(self.windows[bucket[0]])
+            b = self._buckets[bucket] = len(self.bucket_widths) - 1
+        return b
 
     def slot(self, key: Key) -> int:
         """``key``'s slot (the caller holds the lock)."""
@@ -283,7 +320,7 @@ def _merger(families: Collection[str], windows: Mapping[str, float]) -> _Merger:
     fams = families if isinstance(families, frozenset) else frozenset(families)
     key = (fams, tuple(sorted(windows.items())))
     merger = _mergers.get(key)
-    if merger is None or len(merger.keys) > _MAX_SLOTS:
+    if merger is None or len(merger.resolved) > _MAX_SLOTS:
         merger = _mergers[key] = _Merger(fams, windows)
     return merger
 

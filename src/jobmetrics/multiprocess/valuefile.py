@@ -166,17 +166,21 @@ class KeyTable:
                fmt: str) -> KeyTable:
         used = min(_u32.unpack_from(data, 4)[0], len(data))
         new: List[Key] = []
-        gaps: List[str] = []
-        last = pos  # end of the last entry taken
-        unpack_u32 = _u32.unpack_from
+        offsets: List[int] = []  # of each new value
+        start = pos
+        unpack_u32, known = _u32.unpack_from, _decoded.get
         while pos + 4 <= used:
-            n = cast(int, unpack_u32(data, pos)[0])
-            end = pos + 4 + n + (8 - (4 + n) % 8) % 8 + 8
+            kend = pos + 4 + cast(int, unpack_u32(data, pos)[0])
+            end = ((kend + 7) & ~7) + 8  # the value is 8-byte aligned after the key
             if end > used:
                 break  # torn: the rest was never published
-            new.append(_decode(data[pos + 4:pos + 4 + n]))
-            gaps.append(f"{end - 8 - last}xd")
-            last = pos = end
+            raw = data[pos + 4:kend]
+            new.append(known(raw) or _decode(raw))
+            offsets.append(end - 8)
+            pos = end
+        ends = [start, *(o + 8 for o in offsets)]
+        gaps = [f"{o - e}xd" for o, e in zip(offsets, ends)]
+        last = ends[-1]
         return cls(nonce, last, keys + tuple(new), fmt + "".join(gaps))
 
 
