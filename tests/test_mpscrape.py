@@ -168,3 +168,18 @@ def test_a_forked_child_scrapes_what_its_parent_does(mp: JobMetrics) -> None:
     assert got == (1.0, 1.0)
     assert (total(mp, "a"), total(mp, "kid")) == (1.0, 1.0)
     promtool_check(scrape(mp.registry))
+
+
+def test_a_merger_past_its_bound_starts_again(mp: JobMetrics, live_pid: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobmetrics.collect
+    from jobmetrics.multiprocess.directory import _reader
+
+    write(ValueFile(f"{mp.settings.multiprocess_dir}/jobmetrics-{live_pid}.db"),
+          cells_of(mp, "x"))
+    first = scrape(mp.registry)
+    monkeypatch.setattr(jobmetrics.collect, "_MAX_SLOTS", 0)  # every scrape: a new one
+    for _ in range(5):
+        assert scrape(mp.registry) == first
+    tables = _reader(mp.settings.multiprocess_dir)._files.values()  # type: ignore[arg-type]
+    assert [len(c.table.plans) for c in tables] == [1, 1]  # the old plans were let go

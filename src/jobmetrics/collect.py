@@ -250,6 +250,8 @@ class _Merger:
         self._slots: Dict[Key, int] = {}
         self._interned: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
         self._lock = threading.Lock()
+        #: Replaced by a new merger: its plans are dropped from the tables that hold them.
+        self.retired = False
         #: Each key read: (what it is, its slot, its age bucket's number); see resolve.
         self.resolved: Dict[Key, Tuple[int, int, int]] = {}
         self._buckets: Dict[_Bucket, int] = {}
@@ -307,6 +309,8 @@ class _Merger:
         if plan is None:
             with self._lock:
                 plan = _Plan(self, table.keys)  # type: ignore[attr-defined]
+            for old in [m for m in list(plans) if getattr(m, "retired", False)]:
+                plans.pop(old, None)  # its key space must not stay alive through us
             plans[self] = plan
         return plan  # type: ignore[return-value]
 
@@ -321,12 +325,21 @@ def _merger(families: Collection[str], windows: Mapping[str, float]) -> _Merger:
     key = (fams, tuple(sorted(windows.items())))
     merger = _mergers.get(key)
     if merger is None or len(merger.resolved) > _MAX_SLOTS:
+        if merger is not None:
+            merger.retired = True
         merger = _mergers[key] = _Merger(fams, windows)
     return merger
 
 
-if hasattr(os, "register_at_fork"):  # a merger's lock may be held by a thread of the parent
-    os.register_at_fork(after_in_child=_mergers.clear)
+def _after_fork_in_child() -> None:
+    # A merger's lock may be held by a thread of the parent: the child starts afresh.
+    for merger in list(_mergers.values()):
+        merger.retired = True
+    _mergers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _merge_items(snapshots: Sequence[Snapshot], families: Collection[str],
