@@ -90,12 +90,6 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _pid_of(path: str) -> Optional[int]:
-    name = os.path.basename(path)
-    digits = name[len(_PREFIX):-len(".db")]
-    return int(digits) if digits.isdigit() else None
-
-
 def _path(directory: str, pid: int) -> str:
     return os.path.join(directory, f"{_PREFIX}{pid}.db")
 
