@@ -4,6 +4,7 @@ Each measurement runs in a fresh process, once per tree per round, the trees tak
 and the best of the rounds is reported, so both meet the same machine load.
 
 Run: .venv/bin/python bench/bench_versions.py --before /path/to/old/checkout [--rounds 5]
+[--match scrape]
 (``git worktree add --detach ../before <commit>`` makes such a checkout; the current tree
 is this file's.)
 """
@@ -121,7 +122,7 @@ print(asyncio.run(main()) * 1e6)
 SCRAPE = """
 CTX = multiprocessing.get_context("fork")
 def worker(d, ready, stop):
-    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d)
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d, task_duration=%(kind)r)
     for i in range(100):
         with m.track_task("type%%d" %% (i %% 5)):
             pass
@@ -134,7 +135,7 @@ for p in procs:
     p.start()
 for _ in procs:
     ready.acquire()
-m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d)
+m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=d, task_duration=%(kind)r)
 for i in range(100):
     with m.track_task("type%%d" %% (i %% 5)):
         pass
@@ -159,12 +160,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--before", required=True, help="checkout of the older tree")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--match", default="", help="only the measurements naming this")
     args = p.parse_args()
     after = os.path.dirname(HERE)
     cases = dict(CASES)
-    for n in (1, 16, 64):
-        cases[f"multi-process scrape, {n} live processes, 5 types each (ms)"] = (
-            SCRAPE % {"n": n})
+    for kind, counts in (("summary", (1, 16, 64)), ("histogram", (1, 16, 64, 128))):
+        for n in counts:
+            cases[f"multi-process scrape, {kind}, {n} live processes, 5 types each (ms)"] = (
+                SCRAPE % {"n": n, "kind": kind})
+    cases = {name: code for name, code in cases.items() if args.match in name}
     best: Dict[str, List[float]] = {name: [float("inf"), float("inf")] for name in cases}
     for _ in range(args.rounds):
         for name, code in cases.items():

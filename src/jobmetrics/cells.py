@@ -24,6 +24,7 @@ from typing import (
     Callable,
     Dict,
     Iterable,
+    Iterator,
     List,
     NamedTuple,
     Protocol,
@@ -31,7 +32,7 @@ from typing import (
     TypeVar,
 )
 
-__all__ = ["Cells", "Key", "MemoryStore", "Rule", "Snapshot", "Store", "Values"]
+__all__ = ["Cells", "Columns", "Key", "MemoryStore", "Rule", "Snapshot", "Store", "Values"]
 
 
 class Rule(IntEnum):
@@ -63,6 +64,36 @@ class Snapshot(NamedTuple):
 
     live: bool
     items: Iterable[Tuple[Key, float]]
+
+
+class KeyColumn(Protocol):
+    """The keys of a :class:`Columns`; ``plans`` is the reader's cache for this key
+    order (``collect.merge`` keeps what it resolved the keys to there)."""
+
+    @property
+    def keys(self) -> Tuple[Key, ...]: ...
+
+    @property
+    def plans(self) -> Dict[object, object]: ...
+
+
+class Columns:
+    """A snapshot's cells as two columns, keys (shared from scrape to scrape while a
+    file's keys do not change) and values: what a multi-process file read gives, so
+    the merge resolves each file's keys once instead of once per scrape. Iterates as
+    ``(key, value)`` pairs like any other ``Snapshot.items``."""
+
+    __slots__ = ("table", "values")
+
+    def __init__(self, table: KeyColumn, values: Tuple[float, ...]) -> None:
+        self.table = table
+        self.values = values
+
+    def __iter__(self) -> Iterator[Tuple[Key, float]]:
+        return zip(self.table.keys, self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 class Values(Protocol):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import os
 import threading
 import time
 import weakref
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 from .. import _errors
-from ..cells import Cells, Key, Snapshot
-from .valuefile import ValueFile, parse, read_bytes
+from ..cells import Cells, Columns, Key, Snapshot
+from .valuefile import EMPTY, Reader, ValueFile
 
 __all__ = ["ENV_VAR", "FileStore", "check_directory", "compact_pid"]
 
@@ -82,17 +81,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:  # a zombie (killed, not yet reaped) is dead for our purpose
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            state = os.read(fd, 4096).rsplit(b")", 1)[1].split()[0]
+        finally:
+            os.close(fd)
         return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return True
-
-
-def _pid_of(path: str) -> Optional[int]:
-    name = os.path.basename(path)
-    digits = name[len(_PREFIX):-len(".db")]
-    return int(digits) if digits.isdigit() else None
 
 
 def _path(directory: str, pid: int) -> str:
@@ -103,13 +99,24 @@ def _path(directory: str, pid: int) -> str:
 # Reading and the archive
 
 
-def _read(path: str) -> Optional[List[Tuple[Key, float]]]:
+# One reader per directory: the key tables of its files, kept from scrape to scrape.
+_readers: Dict[str, Reader] = {}
+
+
+def _reader(directory: str) -> Reader:
+    reader = _readers.get(directory)
+    if reader is None:
+        reader = _readers.setdefault(directory, Reader())
+    return reader
+
+
+def _read(path: str, frozen: bool = False) -> Optional[Columns]:
     """A file's cells; ``None`` when it cannot be read or holds a key that does not
     decode (logged once; the scrape goes on without it)."""
     try:
-        return parse(read_bytes(path, strict=True))
+        return _reader(os.path.dirname(path)).read(path, frozen)
     except FileNotFoundError:
-        return []
+        return Columns(EMPTY, ())
     except (OSError, ValueError, TypeError) as exc:
         _errors.report(f"multiprocess read {os.path.basename(path)!r}", exc)
         return None
@@ -123,13 +130,13 @@ def _compact(directory: str, dead: Sequence[str]) -> None:
     if not dead:
         return
     archive = os.path.join(directory, _ARCHIVE)
-    merged: Dict[Key, float] = dict(_read(archive) or [])
+    merged: Dict[Key, float] = dict(_read(archive, frozen=True) or [])
     folded = []
     for path in dead:
         cells = _read(path)
         if cells is None:
             continue
-        fold(merged, cells)
+        fold(merged, list(cells))
         folded.append(path)
     if not folded:
         return
@@ -148,20 +155,36 @@ def _compact(directory: str, dead: Sequence[str]) -> None:
             os.remove(path)
 
 
+def _list(directory: str) -> Dict[str, Optional[int]]:
+    """The value files in ``directory``, each with its pid (``None`` for the archive)."""
+    out: Dict[str, Optional[int]] = {}
+    for name in os.listdir(directory):
+        if name.startswith(_PREFIX) and name.endswith(".db"):
+            digits = name[len(_PREFIX):-3]
+            out[os.path.join(directory, name)] = int(digits) if digits.isdigit() else None
+    return out
+
+
 def read_directory(directory: str) -> List[Snapshot]:
     """Every process's cells, folding the files of dead processes into the archive."""
-    paths = glob.glob(os.path.join(directory, f"{_PREFIX}*.db"))
-    dead = [p for p in paths if (pid := _pid_of(p)) is not None and not _pid_alive(pid)]
+    files = _list(directory)
+    alive = {p: pid is not None and _pid_alive(pid) for p, pid in files.items()}
+    dead = [p for p, pid in files.items() if pid is not None and not alive[p]]
     if dead:
         with _locked(directory, exclusive=True):
             _compact(directory, [p for p in dead if os.path.exists(p)])
     out: List[Snapshot] = []
     with _locked(directory, exclusive=False):
-        for path in glob.glob(os.path.join(directory, f"{_PREFIX}*.db")):
-            pid = _pid_of(path)
-            cells = _read(path)
+        if dead:  # what the compaction left
+            files = _list(directory)
+        for path, pid in files.items():
+            live = alive.get(path)
+            if live is None:
+                live = alive[path] = pid is not None and _pid_alive(pid)
+            cells = _read(path, frozen=path.endswith(_ARCHIVE))
             if cells is not None:
-                out.append(Snapshot(pid is not None and _pid_alive(pid), cells))
+                out.append(Snapshot(live, cells))
+    _reader(directory).keep_only(files)
     return out
 
 
