@@ -101,7 +101,7 @@ class Instrumentation:
 
     def worker_init(self, sender: Any = None, **_: Any) -> None:
         app: Any = self.app
-        if getattr(sender, "app", None) is not app:
+        if id(getattr(sender, "app", None)) != id(app):
             return
         m = self.metrics
         pool: Any = getattr(sender, "pool_cls", None)
