@@ -76,8 +76,8 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RQWorker]:
     env.update(JOBMETRICS_PORT=str(port), JOBMETRICS_ADDR="127.0.0.1", PYTHONPATH=str(tmp),
                TMPDIR=str(tmp / "tmpdir"))
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "rq"), "worker", "--worker-class", "jobmetrics.rq.Worker",
-         "--url", server.url(0), "--quiet", "default"],
+        [str(Path(sys.executable).parent / "rq"), "worker",
+         "--worker-class", "jobmetrics.rq.Worker", "--url", server.url(0), "--quiet", "default"],
         cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     queue = rq.Queue("default", connection=server.client(0))
     try:
