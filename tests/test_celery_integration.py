@@ -271,3 +271,40 @@ def test_only_sending_process_records_nothing_and_bad_arguments(tmp_path: Path) 
     with pytest.raises(ValueError, match="instrumented already"):
         jc.instrument(app, metrics=m)
     assert inst.directory is None and inst.server is None
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def finished(got: Got, type: str) -> float:
+    """Units of work ended for good: successes, and failures not retried."""
+    fails = total(got, type, "fail") - got.get((P + "task_retries_total", (("type", type),)), 0)
+    return total(got, type, "success") + fails
+
+
+def test_example_as_documented(redis: RedisServer, tmp_path: Path) -> None:
+    """docs/celery.md: examples/celery_worker.py's prefork worker, jobs sent by its
+    own __main__, JOBMETRICS_PORT served."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(CELERY_BROKER_URL=redis.url(6), JOBMETRICS_PORT=str(port),
+               JOBMETRICS_ADDR="127.0.0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_worker", "worker", "--pool", "prefork",
+         "--concurrency", "2", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics", timeout=60)
+        sent = subprocess.run([sys.executable, "celery_worker.py", "6"], cwd=EXAMPLES,
+                              env=env, capture_output=True, timeout=60, check=True)
+        assert sent.stdout.decode().startswith("sent 6 replications")
+        text, got = scrape_until(base, lambda g: finished(g, "celery_worker.replicate") == 6
+                                 and total(g, "celery_worker.garbage_collect", "success") == 1,
+                                 timeout=60)
+        assert finished(got, "celery_worker.replicate") == 6
+        assert total(got, "celery_worker.garbage_collect", "success") == 1
+        promtool_check(text)
+    finally:
+        stop(proc, 30)

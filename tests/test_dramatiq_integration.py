@@ -71,8 +71,10 @@ WEIRD = 'we"ird\nname'
 
 
 class DWorker:
-    def __init__(self, base: str, broker: Any, proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    def __init__(self, base: str, broker: Any, proc: subprocess.Popen[bytes], tmp: Path,
+                 server: RedisServer) -> None:
         self.base, self.broker, self.proc, self.tmp = base, broker, proc, tmp
+        self.server = server
 
     def send(self, actor: str, *args: Any, delay: Optional[int] = None) -> None:
         message = dramatiq.Message(queue_name="default", actor_name=actor, args=args,
@@ -103,7 +105,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DWorker]:
     broker = RedisBroker(url=server.url(0))
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics", timeout=60)
-        yield DWorker(f"http://127.0.0.1:{port}", broker, proc, tmp)
+        yield DWorker(f"http://127.0.0.1:{port}", broker, proc, tmp, server)
     finally:
         broker.close()
         stop(proc, 30)
@@ -219,3 +221,38 @@ def test_in_process_worker_records_into_its_metrics() -> None:
         JobMetricsMiddleware(metrics=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         JobMetricsMiddleware(port=-1)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def finished(got: Got, type: str) -> float:
+    """Units of work ended for good: successes, and failures not retried."""
+    fails = total(got, type, "fail") - got.get((P + "task_retries_total", (("type", type),)), 0)
+    return total(got, type, "success") + fails
+
+
+def test_example_as_documented(worker: DWorker) -> None:
+    """docs/dramatiq.md: examples/dramatiq_app.py under ``dramatiq --processes 2``,
+    messages sent by its own __main__."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(DRAMATIQ_REDIS_URL=worker.server.url(3), JOBMETRICS_PORT=str(port),
+               JOBMETRICS_ADDR="127.0.0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "dramatiq_app", "--processes", "2", "--threads", "2"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics", timeout=60)
+        sent = subprocess.run([sys.executable, "dramatiq_app.py", "6"], cwd=EXAMPLES, env=env,
+                              capture_output=True, timeout=60, check=True)
+        assert sent.stdout.decode().startswith("sent 6 replications")
+        text, got = scrape_until(base, lambda g: finished(g, "replicate") == 6
+                                 and total(g, "garbage_collect", "success") == 1, timeout=60)
+        assert finished(got, "replicate") == 6
+        assert total(got, "garbage_collect", "success") == 1
+        promtool_check(text)
+    finally:
+        stop(proc, 30)

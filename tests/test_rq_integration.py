@@ -56,8 +56,10 @@ def hold(marker, release):
 
 
 class RQWorker:
-    def __init__(self, base: str, queue: Any, proc: subprocess.Popen[bytes], tmp: Path) -> None:
+    def __init__(self, base: str, queue: Any, proc: subprocess.Popen[bytes], tmp: Path,
+                 server: RedisServer) -> None:
         self.base, self.queue, self.proc, self.tmp = base, queue, proc, tmp
+        self.server = server
 
     def scrape(self, ok: Any) -> Tuple[str, Got]:
         return scrape_until(self.base, ok, timeout=30)
@@ -82,7 +84,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RQWorker]:
     queue = rq.Queue("default", connection=server.client(0))
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics", timeout=60)
-        yield RQWorker(f"http://127.0.0.1:{port}", queue, proc, tmp)
+        yield RQWorker(f"http://127.0.0.1:{port}", queue, proc, tmp, server)
     finally:
         stop(proc, 30)
         server.stop()
@@ -207,3 +209,40 @@ def test_simple_worker_burst_in_process(tmp_path: Path,
         assert value(registry, P + "queue_wait_seconds_count", queue="simple") == 5
     finally:
         server.stop()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def finished(got: Got, type: str) -> float:
+    """Units of work ended for good: successes, and failures not retried."""
+    fails = total(got, type, "fail") - got.get((P + "task_retries_total", (("type", type),)), 0)
+    return total(got, type, "success") + fails
+
+
+def test_example_as_documented(worker: RQWorker) -> None:
+    """docs/rq.md: examples/rq_jobs.py under ``rq worker --worker-class
+    jobmetrics.rq.Worker``, jobs enqueued by its own __main__."""
+    port = free_port()
+    url = worker.server.url(3)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(RQ_REDIS_URL=url, JOBMETRICS_PORT=str(port), JOBMETRICS_ADDR="127.0.0.1")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "rq"), "worker", "--worker-class",
+         "jobmetrics.rq.Worker", "--url", url, "default"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/metrics", timeout=60)
+        sent = subprocess.run([sys.executable, "rq_jobs.py", "6"], cwd=EXAMPLES, env=env,
+                              capture_output=True, timeout=60, check=True)
+        assert sent.stdout.decode().startswith("enqueued 6 replications")
+        text, got = scrape_until(base, lambda g: finished(g, "rq_jobs.replicate") == 6
+                                 and total(g, "rq_jobs.garbage_collect", "success") == 1,
+                                 timeout=60)
+        assert finished(got, "rq_jobs.replicate") == 6
+        assert total(got, "rq_jobs.garbage_collect", "success") == 1
+        promtool_check(text)
+    finally:
+        stop(proc, 30)
