@@ -82,6 +82,7 @@ class Instrumentation:
         self._runs: Dict[str, List[_Run]] = {}
         # Main process: received, not yet accepted by the pool.
         self._pending: Dict[str, TaskState] = {}
+        self._series_by_type: Dict[str, Optional[TaskState]] = {}
 
     @property
     def metrics(self) -> JobMetrics:
@@ -92,7 +93,11 @@ class Instrumentation:
         return m
 
     def _series(self, task_type: str) -> Optional[TaskState]:
-        return self.metrics.task_series(task_type or UNKNOWN)
+        found = self._series_by_type.get(task_type, False)
+        if found is False:
+            found = self._series_by_type[task_type] = self.metrics.task_series(
+                task_type or UNKNOWN)
+        return found  # type: ignore[return-value]
 
     def _ours(self, task: Any) -> bool:
         return getattr(task, "_app", None) is self.app or getattr(task, "app", None) is self.app
@@ -169,8 +174,7 @@ class Instrumentation:
         try:
             if type(exception).__name__ not in _DIED or not self._ours(sender):
                 return
-            with self._lock:
-                here = bool(task_id and self._runs.get(task_id))
+            here = bool(task_id and self._runs.get(task_id))
             if not here:  # the child that ran it died before task_postrun
                 series = self._series(getattr(sender, "name", "") or UNKNOWN)
                 if series is not None:
@@ -190,21 +194,21 @@ class Instrumentation:
             run = OuterRun(series)
             token = outer_run.set(run)
             start = series.begin()
-            with self._lock:
-                self._runs.setdefault(task_id, []).append((run, token, start))
+            # No lock: setdefault, append and pop are atomic, and one id runs in one
+            # thread at a time.
+            self._runs.setdefault(task_id, []).append((run, token, start))
         except Exception as exc:
             _errors.report("celery task_prerun", exc)
 
     def postrun(self, sender: Any = None, task_id: Optional[str] = None,
                 state: Optional[str] = None, **_: Any) -> None:
         try:
-            with self._lock:
-                stack = self._runs.get(task_id) if task_id is not None else None
-                if not stack:
-                    return
-                run, token, start = stack.pop()
-                if not stack:
-                    del self._runs[task_id]  # type: ignore[arg-type]
+            stack = self._runs.get(task_id) if task_id is not None else None
+            if not stack:
+                return
+            run, token, start = stack.pop()
+            if not stack:
+                self._runs.pop(task_id, None)  # type: ignore[arg-type]
             try:
                 outer_run.reset(token)
             except ValueError:  # pragma: no cover - postrun in another context

@@ -27,6 +27,7 @@ from time import perf_counter
 from typing import Any, ClassVar, Optional, Tuple
 
 import rq.worker
+from rq.utils import now as rq_now
 
 from . import _errors
 from .celery import _port_from_env
@@ -122,17 +123,20 @@ class WorkerMixin:
 
     def _observe_wait(self, job: Any, queue: Any) -> None:
         enqueued = job.enqueued_at
-        waits = self._jm().queue_waits
-        if enqueued is None or waits is None:
+        if enqueued is None:
             return
-        from rq.utils import now
-
-        current = now()
+        name = getattr(queue, "name", None) or job.origin or "default"
+        observers = self.__dict__.setdefault("_jobmetrics_waits", {})
+        observe = observers.get(name)
+        if observe is None:
+            waits = self._jm().queue_waits
+            if waits is None:
+                return
+            observe = observers[name] = waits.observer(name)
+        current = rq_now()
         if enqueued.tzinfo is None and current.tzinfo is not None:
             current = current.replace(tzinfo=None)
-        seconds = (current - enqueued).total_seconds()
-        waits.observer(getattr(queue, "name", None) or job.origin or "default")(
-            max(seconds, 0.0), perf_counter())
+        observe(max((current - enqueued).total_seconds(), 0.0), perf_counter())
 
 
 class Worker(WorkerMixin, rq.worker.Worker):
