@@ -2,7 +2,7 @@
 them: Celery ``task.apply()``, RQ ``SimpleWorker`` in burst mode on a real redis-server,
 Dramatiq ``StubBroker`` + ``Worker`` (and Dramatiq's own Prometheus middleware).
 
-Run: .venv/bin/python bench/bench_integrations.py [celery] [rq] [dramatiq]
+Run: .venv/bin/python bench/bench_integrations.py [celery] [rq] [rq-wrapper] [dramatiq]
 
 Each case runs in a fresh process (Dramatiq's middleware sets PROMETHEUS_MULTIPROC_DIR in
 os.environ; signals and the default registry are process-wide), best of 3 runs; the
@@ -34,6 +34,12 @@ def celery_case(kind: str, n: int = 5000) -> float:
     from celery import Celery
 
     app = Celery("bench", broker="memory://", backend="cache+memory://")
+    if kind == "no-op receivers":
+        # What Celery's own dispatch costs once task_prerun/task_postrun have receivers.
+        from celery import signals
+
+        signals.task_prerun.connect(lambda **_: None, weak=False)
+        signals.task_postrun.connect(lambda **_: None, weak=False)
     if kind == "jobmetrics":
         from prometheus_client import CollectorRegistry
 
@@ -85,7 +91,7 @@ def rq_case(kind: str, n: int = 1000) -> float:
             q.enqueue("builtins.len", "x", result_ttl=0)
         w = worker_cls([q], connection=conn)
         t0 = time.perf_counter()
-        w.work(burst=True)
+        w.work(burst=True, logging_level="WARNING")
         return (time.perf_counter() - t0) / n
 
     run()
@@ -136,11 +142,57 @@ def dramatiq_case(kind: str, n: int = 5000) -> float:
         worker.stop()
 
 
+# -- the RQ wrapper alone -------------------------------------------------------------
+
+
+def rq_wrapper_case(kind: str, n: int = 100_000) -> float:
+    """``WorkerMixin.perform_job`` around a no-op ``perform_job``: what jobmetrics adds to
+    each RQ job, without RQ's Redis round trips (whose noise hides it in the burst)."""
+    from datetime import datetime, timezone
+
+    from prometheus_client import CollectorRegistry
+
+    from jobmetrics import JobMetrics
+    from jobmetrics.rq import WorkerMixin
+
+    class Job:
+        func_name = "bench.trivial"
+        origin = "default"
+        enqueued_at = datetime.now(timezone.utc)
+
+        def get_status(self, refresh: bool = True) -> str:
+            return "finished"
+
+    class Queue:
+        name = "default"
+
+    class Base:
+        def perform_job(self, job: object, queue: object) -> bool:
+            return True
+
+    class Wrapped(WorkerMixin, Base):
+        jobmetrics = JobMetrics(registry=CollectorRegistry())
+
+    worker = Wrapped() if kind == "jobmetrics" else Base()
+    job, queue = Job(), Queue()
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            worker.perform_job(job, queue)
+        return (time.perf_counter() - t0) / n
+
+    run()
+    return best(run)
+
+
 CASES: Dict[str, Callable[[str], float]] = {
-    "celery": celery_case, "rq": rq_case, "dramatiq": dramatiq_case}
+    "celery": celery_case, "rq": rq_case, "rq-wrapper": rq_wrapper_case,
+    "dramatiq": dramatiq_case}
 KINDS: Dict[str, List[str]] = {
-    "celery": ["bare", "jobmetrics"],
+    "celery": ["bare", "no-op receivers", "jobmetrics"],
     "rq": ["bare", "jobmetrics"],
+    "rq-wrapper": ["bare", "jobmetrics"],
     "dramatiq": ["bare", "jobmetrics", "dramatiq-prometheus"],
 }
 
@@ -186,7 +238,12 @@ def main(argv: List[str]) -> None:
             for kind in KINDS[fw][1:]:
                 t = times[kind]
                 extra = t - bare
-                ratio = f"{bare / extra:21.0f}" if extra > 0 else f"{'(within noise)':>21}"
+                if bare < 1e-6:  # the wrapper alone: no framework cost to compare with
+                    ratio = f"{'-':>21}"
+                elif extra > 0:
+                    ratio = f"{bare / extra:21.0f}"
+                else:
+                    ratio = f"{'(within noise)':>21}"
                 print(f"{fw:10} {kind:22} {t * 1e6:14.1f} {extra * 1e6:14.1f} {ratio}")
     finally:
         if redis_proc is not None:
