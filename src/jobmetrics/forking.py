@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ensure_directory", "needs_directory", "record_into", "worker_directory"]
 
-# What a FileStore has and a MemoryStore has not (the lock and the state objects stay).
-_FILE_FIELDS = ("directory", "_interval", "_publishers", "_thread", "pid", "_file", "values")
+# What the store keeps when it becomes a file store: its lock and its state objects (the
+# rest is taken from a FileStore made for the directory, whatever fields it has).
+_KEPT = frozenset({"lock", "_states", "handles"})
 
 
 def worker_directory() -> str:
@@ -76,8 +77,9 @@ def record_into(metrics: JobMetrics, directory: str) -> bool:
             # The state objects, decorators and wrappers all hold this store: it becomes
             # the file store in place, as a forked child's store is re-opened in place.
             store.__class__ = _directory.FileStore  # type: ignore[assignment]
-            for name in _FILE_FIELDS:
-                setattr(store, name, getattr(fresh, name))
+            for name, value in vars(fresh).items():
+                if name not in _KEPT:
+                    setattr(store, name, value)
             del store._keys
             store.handles = {}
             for key, value in items:
