@@ -167,7 +167,7 @@ def test_held_running_and_delayed_pending(worker: DWorker) -> None:
         w.send("hold", str(p), str(release))
     for p in markers:
         wait_file(p)
-    w.send("ok", delay=60_000)               # held in a worker's memory until its ETA
+    w.send("ok", delay=600_000)              # held in a worker's memory until its ETA
     _, got = w.scrape(lambda g: gauge(g, "running_task", "hold") == 2
                       and gauge(g, "pending_task", "ok") == 1)
     assert gauge(got, "running_task", "hold") == 2
