@@ -155,6 +155,8 @@ def test_every_task_counted_by_status_once(worker: Worker) -> None:
     assert results[5].result == 1  # flaky: retried once, then succeeded
     text, got = w.scrape(lambda g: total(g, "capp.ok", "success") == 3
                          and total(g, "capp.flaky", "success") == 1
+                         # (the retry may end before the attempt that sent it does)
+                         and total(g, "capp.flaky", "fail") == 1
                          and total(g, "inner", "success") == 1
                          and total(g, WEIRD, "success") == 1
                          and total(g, "capp.bad", "fail") == 2)
@@ -308,3 +310,50 @@ def test_example_as_documented(redis: RedisServer, tmp_path: Path) -> None:
         promtool_check(text)
     finally:
         stop(proc, 30)
+
+
+def test_retry_starting_in_another_thread_before_the_attempt_ends() -> None:
+    """The threads pool: a retry (same task id) may start in another thread before
+    task_postrun of the attempt that retried it; each attempt ends with its own status."""
+    import threading
+
+    from celery import signals
+    from prometheus_client import CollectorRegistry
+
+    import jobmetrics.celery as jc
+    from jobmetrics import JobMetrics
+    from promcheck import value
+
+    registry = CollectorRegistry()
+    app = celery.Celery("race", broker="memory://", set_as_current=False)
+    jc.instrument(app, metrics=JobMetrics(registry=registry))
+
+    @app.task(name="race.proxy")
+    def proxy() -> None:
+        pass
+
+    job = app.tasks[proxy.name]  # the task object the worker's signals carry
+    started, retried = threading.Event(), threading.Event()
+
+    def first() -> None:
+        signals.task_prerun.send(sender=job, task_id="same", task=job)
+        started.set()
+        retried.wait(10)
+        signals.task_postrun.send(sender=job, task_id="same", task=job, state="RETRY")
+
+    def second() -> None:
+        started.wait(10)
+        signals.task_prerun.send(sender=job, task_id="same", task=job)
+        retried.set()
+        time.sleep(0.05)  # let the first attempt end first (either order must count right)
+        signals.task_postrun.send(sender=job, task_id="same", task=job, state="SUCCESS")
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert value(registry, P + "task_total", type="race.proxy", status="fail") == 1
+    assert value(registry, P + "task_total", type="race.proxy", status="success") == 1
+    assert value(registry, P + "task_retries_total", type="race.proxy") == 1
+    assert value(registry, P + "running_task", type="race.proxy") == 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from . import _errors
 from .core import JobMetrics, default_metrics
@@ -45,7 +45,13 @@ _STATUS = {"SUCCESS": SUCCESS, "FAILURE": FAIL, "RETRY": FAIL, "REJECTED": STOP,
 _DIED = ("WorkerLostError", "TimeLimitExceeded")
 _FORKING_POOLS = ("prefork", "processes")
 
-_Run = Tuple[OuterRun, "contextvars.Token[Optional[OuterRun]]", float]
+_Run = Tuple[str, OuterRun, "contextvars.Token[Optional[OuterRun]]", float]
+
+# The runs begun in this context (thread, greenlet), innermost last: task_prerun and
+# task_postrun of one attempt fire in the same context, while a retry of the same task id
+# may start in another thread before the attempt that retried it has ended.
+_runs_here: contextvars.ContextVar[Tuple[_Run, ...]] = contextvars.ContextVar(
+    "jobmetrics_celery_runs", default=())
 
 
 def _port_from_env() -> Optional[int]:
@@ -78,8 +84,8 @@ class Instrumentation:
         self.directory: Optional[str] = None
         self.server: Optional[Tuple[Any, threading.Thread]] = None
         self._lock = threading.Lock()
-        # Runs in this process, by task id (a list: an eager retry nests the same id).
-        self._runs: Dict[str, List[_Run]] = {}
+        # Task ids running in this process (how many runs of each).
+        self._running: Dict[str, int] = {}
         # Main process: received, not yet accepted by the pool.
         self._pending: Dict[str, TaskState] = {}
         self._series_by_type: Dict[str, Optional[TaskState]] = {}
@@ -174,7 +180,7 @@ class Instrumentation:
         try:
             if type(exception).__name__ not in _DIED or not self._ours(sender):
                 return
-            here = bool(task_id and self._runs.get(task_id))
+            here = bool(task_id and self._running.get(task_id))
             if not here:  # the child that ran it died before task_postrun
                 series = self._series(getattr(sender, "name", "") or UNKNOWN)
                 if series is not None:
@@ -194,24 +200,32 @@ class Instrumentation:
             run = OuterRun(series)
             token = outer_run.set(run)
             start = series.begin()
-            # No lock: setdefault, append and pop are atomic, and one id runs in one
-            # thread at a time.
-            self._runs.setdefault(task_id, []).append((run, token, start))
+            _runs_here.set((*_runs_here.get(), (task_id, run, token, start)))
+            with self._lock:
+                self._running[task_id] = self._running.get(task_id, 0) + 1
         except Exception as exc:
             _errors.report("celery task_prerun", exc)
 
     def postrun(self, sender: Any = None, task_id: Optional[str] = None,
                 state: Optional[str] = None, **_: Any) -> None:
         try:
-            stack = self._runs.get(task_id) if task_id is not None else None
-            if not stack:
+            stack = _runs_here.get()
+            k = len(stack) - 1
+            while k >= 0 and stack[k][0] != task_id:
+                k -= 1
+            if k < 0:
                 return
-            run, token, start = stack.pop()
-            if not stack:
-                self._runs.pop(task_id, None)  # type: ignore[arg-type]
+            run, token, start = stack[k][1:]
+            _runs_here.set(stack[:k] + stack[k + 1:])
+            with self._lock:
+                left = self._running.get(task_id, 1) - 1  # type: ignore[arg-type]
+                if left > 0:
+                    self._running[task_id] = left  # type: ignore[index]
+                else:
+                    self._running.pop(task_id, None)  # type: ignore[arg-type]
             try:
                 outer_run.reset(token)
-            except ValueError:  # pragma: no cover - postrun in another context
+            except (ValueError, RuntimeError):  # pragma: no cover - not the innermost
                 outer_run.set(None)
             status = _STATUS.get(state or "", FAIL)
             if state == "RETRY":
