@@ -180,6 +180,15 @@ class MemoryStore(Cells):
         with self.lock:
             return [Snapshot(True, list(zip(self._keys, self.values)))]
 
+    def detach(self) -> List[Tuple[Key, float]]:
+        """Every cell, for a store about to become another kind in place (see
+        ``FileStore.adopt``); this store is no longer a memory store after it. The caller
+        holds the lock."""
+        items = list(zip(self._keys, self.values))
+        del self._keys
+        _memory_stores.discard(self)
+        return items
+
 
 _memory_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 

@@ -470,6 +470,31 @@ class JobMetrics:
 
         return WorkerPool(self, q, handler, workers=workers, type=type, on_error=on_error)
 
+    # -- multi-process mode ----------------------------------------------------------
+
+    @property
+    def directory(self) -> Optional[str]:
+        """The multi-process directory this instance records into, or ``None`` (this
+        process's memory, or disabled)."""
+        return self._service.directory if self._service is not None else None
+
+    def record_into(self, directory: str) -> bool:
+        """Record into the multi-process ``directory`` from now on, as if created with
+        ``multiprocess_dir=directory``: the values recorded so far move with it, and so
+        do every decorator, wrapper and middleware already holding this instance's state
+        and every ``JobMetrics`` sharing its families. For a worker that forks (what the
+        job-framework integrations do): call it before the fork; a process forked
+        earlier records into its own memory.
+
+        Returns ``False`` (changing nothing) when disabled or already in a directory.
+        ``ValueError``/``TypeError`` for a directory that is not a writable directory,
+        or one another ``JobMetrics`` of this process already records into.
+        """
+        if self._service is None or self._service.directory is not None:
+            return False
+        self._service.record_into(multiprocess.check_directory(directory))
+        return True
+
     # -- short-lived jobs ------------------------------------------------------------
 
     def push_on_exit(

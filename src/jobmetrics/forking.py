@@ -22,19 +22,10 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Optional
 
-from .cells import MemoryStore, _memory_stores
-from .multiprocess import check_directory
-from .multiprocess import directory as _directory
-
 if TYPE_CHECKING:
     from .core import JobMetrics
 
 __all__ = ["ensure_directory", "needs_directory", "record_into", "worker_directory"]
-
-# What the store keeps when it becomes a file store: its lock and its state objects (the
-# rest is taken from a FileStore made for the directory, whatever fields it has).
-_KEPT = frozenset({"lock", "_states", "handles"})
-
 
 def worker_directory() -> str:
     """A new empty directory for one worker start, removed (with its files) when this
@@ -51,52 +42,14 @@ def worker_directory() -> str:
 
 
 def record_into(metrics: JobMetrics, directory: str) -> bool:
-    """Make ``metrics`` record into the multi-process ``directory`` from now on.
-
-    Values recorded so far move with it. Returns ``False`` (and changes nothing) when
-    ``metrics`` is disabled or already records into a directory. Call it before the
-    worker forks: a process forked earlier keeps recording into its own memory.
-    Raises ``ValueError`` when ``directory`` is not a writable directory or another
-    ``JobMetrics`` of this process already records there.
-    """
-    service = metrics._service
-    if service is None:
-        return False
-    store = service.store
-    if not isinstance(store, MemoryStore):
-        return False
-    path = check_directory(directory)
-    with _directory._stores_lock:
-        if path in _directory._stores:
-            raise ValueError(
-                f"multiprocess_dir={directory!r}: another JobMetrics of this process already "
-                "records there")
-        fresh = _directory.FileStore(path)
-        with store.lock:
-            items = list(zip(store._keys, store.values))
-            # The state objects, decorators and wrappers all hold this store: it becomes
-            # the file store in place, as a forked child's store is re-opened in place.
-            store.__class__ = _directory.FileStore  # type: ignore[assignment]
-            for name, value in vars(fresh).items():
-                if name not in _KEPT:
-                    setattr(store, name, value)
-            del store._keys
-            store.handles = {}
-            for key, value in items:
-                store.cell(key, value)
-            for state in store.states():
-                bind = getattr(state, "bind", None)
-                if bind is not None:
-                    bind()
-        _directory._stores[path] = store  # type: ignore[assignment]
-    _memory_stores.discard(store)
-    return True
+    """Make ``metrics`` record into the multi-process ``directory`` from now on
+    (:meth:`jobmetrics.JobMetrics.record_into`)."""
+    return metrics.record_into(directory)
 
 
 def needs_directory(metrics: JobMetrics) -> bool:
     """``metrics`` records into this process's memory (no directory, not disabled)."""
-    service = metrics._service
-    return service is not None and isinstance(service.store, MemoryStore)
+    return metrics.enabled and metrics.directory is None
 
 
 def ensure_directory(metrics: JobMetrics) -> Optional[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from time import perf_counter
-from typing import Dict, Iterable, List, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -60,6 +60,19 @@ class Service(Collector):
         if isinstance(self.store, FileStore):
             self.queues.publish()
             self.store.publish_every(self.queues.publish)
+
+    @property
+    def directory(self) -> Optional[str]:
+        """The multi-process directory recorded into, or ``None`` (this process's memory)."""
+        store = self.store
+        return store.directory if isinstance(store, FileStore) else None
+
+    def record_into(self, directory: str) -> None:
+        """Record into the multi-process ``directory`` (absolute) from now on, values so far
+        kept; see :meth:`jobmetrics.JobMetrics.record_into`."""
+        store = self.store
+        if isinstance(store, MemoryStore):
+            self.store = FileStore.adopt(store, directory)
 
     def task_state(self, task_type: str) -> TaskState:
         """The state of ``task_type``, made on first use."""

@@ -19,7 +19,7 @@ import weakref
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 from .. import _errors
-from ..cells import Cells, Columns, Key, Snapshot
+from ..cells import Cells, Columns, Key, MemoryStore, Snapshot
 from .valuefile import EMPTY, Reader, ValueFile
 
 __all__ = ["ENV_VAR", "FileStore", "check_directory", "compact_pid"]
@@ -303,16 +303,45 @@ class FileStore(Cells):
         self.handles = {}
         self._file = None
         self._open()
+        self._bind_all()
+        self._thread = None
+        if self._publishers:  # threads do not survive a fork
+            self._start()
+
+    def _bind_all(self) -> None:
+        # Every state object made in this store takes its cells again.
         for state in self.states():
             bind = getattr(state, "bind", None)
             if bind is not None:
                 try:
                     bind()
                 except Exception as exc:  # pragma: no cover - defensive
-                    _errors.report("multiprocess bind after fork", exc)
-        self._thread = None
-        if self._publishers:  # threads do not survive a fork
-            self._start()
+                    _errors.report("multiprocess bind", exc)
+
+    @classmethod
+    def adopt(cls, store: MemoryStore, directory: str) -> FileStore:
+        """Turn ``store``, this process's memory store, into the file store of
+        ``directory`` (an absolute path) in place, its cells' values kept: every state
+        object, decorator and wrapper holding ``store`` records into the file from now on,
+        as a forked child's store is re-opened in place. ``ValueError`` when this process
+        already has a store there."""
+        with _stores_lock:
+            if directory in _stores:
+                raise ValueError(
+                    f"multiprocess_dir={directory!r}: another JobMetrics of this process "
+                    "already records there")
+            fresh = cls(directory)
+            with store.lock:
+                items = store.detach()
+                kept = {"lock": store.lock, "_states": store._states}
+                store.__class__ = cls  # type: ignore[assignment]
+                adopted: FileStore = store  # type: ignore[assignment]
+                vars(adopted).update({**vars(fresh), **kept, "handles": {}})
+                for key, value in items:
+                    adopted.cell(key, value)
+                adopted._bind_all()
+            _stores[directory] = adopted
+        return adopted
 
     @classmethod
     def for_directory(cls, directory: str) -> FileStore:
