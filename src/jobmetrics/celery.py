@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import _errors
 from .core import JobMetrics, default_metrics
-from .forking import ensure_directory
+from .forking import ensure_directory, fold_own_file
 from .settings import check_int
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
@@ -236,14 +236,7 @@ class Instrumentation:
 
     def process_shutdown(self, **_: Any) -> None:
         # A prefork child exiting on its own folds its file in now (see multiprocess).
-        if self.directory is None:
-            return
-        try:
-            from .multiprocess import mark_process_dead
-
-            mark_process_dead(os.getpid(), self.directory)
-        except Exception as exc:
-            _errors.report("celery worker_process_shutdown", exc)
+        fold_own_file(self.directory, "celery worker_process_shutdown")
 
 
 class _RequestBase:

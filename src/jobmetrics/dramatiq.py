@@ -38,7 +38,7 @@ from dramatiq.middleware import Middleware
 from . import _errors
 from .celery import _port_from_env
 from .core import JobMetrics, default_metrics
-from .forking import needs_directory, record_into
+from .forking import fold_own_file, needs_directory, record_into
 from .settings import check_int
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
@@ -169,14 +169,7 @@ class JobMetricsMiddleware(Middleware):
         self.server = m.start_http_server(self.port, addr=addr)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        if self.directory is None:
-            return
-        try:
-            from .multiprocess import mark_process_dead
-
-            mark_process_dead(os.getpid(), self.directory)
-        except Exception as exc:
-            _errors.report("dramatiq worker shutdown", exc)
+        fold_own_file(self.directory, "dramatiq worker shutdown")
 
     # -- messages ----------------------------------------------------------------
 

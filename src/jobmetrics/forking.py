@@ -22,10 +22,13 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Optional
 
+from . import _errors
+
 if TYPE_CHECKING:
     from .core import JobMetrics
 
-__all__ = ["ensure_directory", "needs_directory", "record_into", "worker_directory"]
+__all__ = ["ensure_directory", "fold_own_file", "needs_directory", "record_into",
+           "worker_directory"]
 
 def worker_directory() -> str:
     """A new empty directory for one worker start, removed (with its files) when this
@@ -45,6 +48,19 @@ def record_into(metrics: JobMetrics, directory: str) -> bool:
     """Make ``metrics`` record into the multi-process ``directory`` from now on
     (:meth:`jobmetrics.JobMetrics.record_into`)."""
     return metrics.record_into(directory)
+
+
+def fold_own_file(directory: Optional[str], where: str) -> None:
+    """A process of a worker exiting on its own: fold its file into the directory's
+    archive now, so the next scrape need not (never raises; logged once)."""
+    if directory is None:
+        return
+    try:
+        from .multiprocess import mark_process_dead
+
+        mark_process_dead(os.getpid(), directory)
+    except Exception as exc:
+        _errors.report(where, exc)
 
 
 def needs_directory(metrics: JobMetrics) -> bool:
