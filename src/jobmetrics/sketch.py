@@ -14,8 +14,8 @@ quantile ``q``, the estimate ``v`` and the exact ``q``-quantile ``x`` of the val
 Two sketches of one schema merge by adding bucket counts, and the merge is exactly the
 sketch of the union, so quantiles stay right across worker processes; a sketch's buckets
 also merge exactly into any lower schema (bucket ``i`` into ``ceil(i / 2**(n-m))``).
-Memory is bounded by ``max_buckets`` per sign: past it, the buckets nearest zero are
-folded together (the guarantee then holds for quantiles above the folded range; with
+Memory is bounded by ``max_buckets`` per sign: past it, the buckets of the lowest values
+are folded together (the guarantee then holds for quantiles above the folded range; with
 the defaults that needs values spanning more than 19 orders of magnitude).
 
 See Masson, Rim and Lee, "DDSketch: a fast and fully-mergeable quantile sketch with
@@ -120,8 +120,10 @@ class QuantileSketch:
         self.count += count
 
     def _collapse(self, bins: Dict[int, int]) -> None:
-        # Fold the buckets nearest zero (the smallest magnitudes) into one.
-        keys = sorted(bins)
+        # Fold the buckets of the lowest values into one: the smallest magnitudes of the
+        # positive values, the largest of the negative ones, so the upper quantiles (the
+        # ones alerts use) keep the guarantee whatever the signs.
+        keys = sorted(bins, reverse=bins is self._neg)
         excess = len(keys) - self.max_buckets
         target = keys[excess]
         folded = sum(bins.pop(k) for k in keys[:excess])
@@ -165,7 +167,9 @@ class QuantileSketch:
 
     def _value(self, k: int) -> float:
         try:
-            return 2.0 * float(self.gamma ** k) / (self.gamma + 1.0)
+            # The factor first: 2 * gamma**k overflows for buckets near the largest float
+            # whose representative value does not.
+            return min(2.0 / (self.gamma + 1.0) * float(self.gamma ** k), _MAX_FLOAT)
         except OverflowError:  # the bucket of the largest floats
             return _MAX_FLOAT
 
