@@ -59,7 +59,7 @@ def test_arq_worker_counts_every_outcome(redis_server: RedisServer) -> None:  # 
         return await decorated(ctx)
 
     class WorkerSettings:
-        functions = [ok, boom, func(flaky, name="flaky"), slow, func(twice, name="twice")]
+        functions = [ok, boom, func(flaky, name="flaky"), slow, func(twice, name="twice")]  # noqa: RUF012
         allow_abort_jobs = True
         poll_delay = 0.05
         max_tries = 3

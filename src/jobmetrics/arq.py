@@ -157,7 +157,7 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
                                   target.retry_jobs)
         target.functions = {f.name: f for f in new}
         if port is not None:
-            target.on_startup = _serving(target.on_startup, m, port)
+            target.on_startup = _serving(target.on_startup, m, port)  # type: ignore[assignment]
         return target
     if isinstance(target, dict):
         get: Callable[[str, Any], Any] = target.get
