@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, List
 
 import pytest
@@ -153,3 +157,17 @@ def test_bad_targets() -> None:
         jobmetrics.apscheduler.instrument(BackgroundScheduler(), object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         jobmetrics.apscheduler.instrument(BackgroundScheduler(), m, port=-1)
+
+
+def test_example_apscheduler_jobs() -> None:
+    """docs/apscheduler.md: examples/apscheduler_jobs.py, as documented."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "apscheduler_jobs.py")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'task_total{status="success",type="rotate_logs"} 1.0' in out
+    assert 'task_total{status="fail",type="sync_mirror"} 1.0' in out
+    assert 'task_total{status="stop",type="nightly_report"} 1.0' in out
+    assert 'queue_wait_seconds_count{queue="default"} 2.0' in out

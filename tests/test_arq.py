@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -121,3 +125,45 @@ def test_arq_bad_targets() -> None:
         jobmetrics.arq.instrument({"functions": [ok]}, object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         jobmetrics.arq.instrument({"functions": [ok]}, m, port=70000)
+
+
+def test_arq_timeout_is_fail(redis_server: RedisServer) -> None:  # noqa: F811
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, multiprocess_dir="")
+    settings = RedisSettings(host="127.0.0.1", port=redis_server.port)
+    worker_settings = {"functions": [func(slow, name="slow", timeout=0.2, max_tries=1)],
+                       "poll_delay": 0.05}
+    jobmetrics.arq.instrument(worker_settings, m)
+
+    async def main() -> None:
+        pool = await create_pool(settings)
+        job = await pool.enqueue_job("slow")
+        worker = create_worker(worker_settings, redis_settings=settings, burst=True,
+                               handle_signals=False)
+        await worker.main()
+        await worker.close()
+        with pytest.raises(asyncio.TimeoutError):
+            await job.result(timeout=5, poll_delay=0.05)
+        await pool.aclose()
+
+    asyncio.run(main())
+    text = scrape(registry)
+    assert count(text, "slow", "fail") == 1
+    assert count(text, "slow", "stop") == 0
+    assert value(text, "running_task", type="slow") == 0
+
+
+def test_example_arq_worker(redis_server: RedisServer) -> None:  # noqa: F811
+    """docs/arq.md: examples/arq_worker.py, as documented."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "arq_worker.py"),
+                           str(redis_server.port)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert 'task_total{status="success",type="resize"} 1.0' in out
+    assert 'task_total{status="fail",type="broken"} 1.0' in out
+    assert 'task_total{status="fail",type="send_mail"} 1.0' in out
+    assert 'task_total{status="success",type="send_mail"} 1.0' in out
+    assert 'task_retries_total{type="send_mail"} 1.0' in out
