@@ -171,3 +171,28 @@ def test_example_apscheduler_jobs() -> None:
     assert 'task_total{status="fail",type="sync_mirror"} 1.0' in out
     assert 'task_total{status="stop",type="nightly_report"} 1.0' in out
     assert 'queue_wait_seconds_count{queue="default"} 2.0' in out
+
+
+def test_uncoalesced_run_times_each_counted() -> None:
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, multiprocess_dir="")
+    events: queue.Queue[Any] = queue.Queue()
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    jobmetrics.apscheduler.instrument(scheduler, m)
+    scheduler.add_listener(events.put, DONE)
+    scheduler.start()
+    try:
+        # Due at -35, -25, -15 and -5 s; a grace of 20 s misses the first two.
+        scheduler.add_job(ok, "interval", seconds=10, coalesce=False,
+                          misfire_grace_time=20, next_run_time=now() - timedelta(seconds=35))
+        codes = sorted(events.get(timeout=10).code for _ in range(4))
+    finally:
+        scheduler.shutdown(wait=True)
+    assert codes == sorted([EVENT_JOB_MISSED] * 2 + [EVENT_JOB_EXECUTED] * 2)
+    text = scrape(registry)
+    assert count(text, "ok", "success") == 2
+    assert count(text, "ok", "stop") == 2
+    assert value(text, "pending_task", type="ok") == 0
+    assert value(text, "queue_wait_seconds_count", queue="default") == 2
+    # The lags of the runs at -15 and -5 s, not of the missed ones.
+    assert 20 <= value(text, "queue_wait_seconds_sum", queue="default") < 40

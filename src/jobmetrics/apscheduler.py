@@ -228,7 +228,14 @@ class _Instrumentation:
                 self.wrap_executor(self.scheduler._lookup_executor(event.alias))
             elif event.code == EVENT_JOB_MISSED:
                 # Submitted (pending), then skipped by run_job: it never ran.
-                series = self.keys.pop((str(event.job_id), event.scheduled_run_time), None)
+                job_id = str(event.job_id)
+                series = self.keys.pop((job_id, event.scheduled_run_time), None)
+                if series is None:
+                    # A run of this submission took this run time's key (its lag was
+                    # within microseconds of the grace time): take the key it left.
+                    other = next((k for k in list(self.keys) if k[0] == job_id), None)
+                    if other is not None:
+                        series = self.keys.pop(other, None)
                 if series is not None:
                     series.end(STOP, series.begin_from_pending())
         except Exception as exc:
