@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, List
@@ -196,3 +197,25 @@ def test_uncoalesced_run_times_each_counted() -> None:
     assert value(text, "queue_wait_seconds_count", queue="default") == 2
     # The lags of the runs at -15 and -5 s, not of the missed ones.
     assert 20 <= value(text, "queue_wait_seconds_sum", queue="default") < 40
+
+
+def test_port_serves_until_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import free_port
+
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, multiprocess_dir="")
+    port = free_port()
+    monkeypatch.setenv("JOBMETRICS_ADDR", "127.0.0.1")
+    monkeypatch.setenv("JOBMETRICS_PORT", str(port))
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    jobmetrics.apscheduler.instrument(scheduler, m)
+    scheduler.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert b"harbor_jobservice_info" in resp.read()
+    scheduler.shutdown()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=10)
+    monkeypatch.setenv("JOBMETRICS_PORT", "http")
+    with pytest.raises(ValueError, match="JOBMETRICS_PORT"):
+        jobmetrics.apscheduler.instrument(BackgroundScheduler(), m)

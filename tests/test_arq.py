@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any, Dict
 
@@ -167,3 +168,28 @@ def test_example_arq_worker(redis_server: RedisServer) -> None:  # noqa: F811
     assert 'task_total{status="fail",type="send_mail"} 1.0' in out
     assert 'task_total{status="success",type="send_mail"} 1.0' in out
     assert 'task_retries_total{type="send_mail"} 1.0' in out
+
+
+def test_arq_port_serves_from_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from servers import free_port
+
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, multiprocess_dir="")
+    port = free_port()
+    monkeypatch.setenv("JOBMETRICS_ADDR", "127.0.0.1")
+    seen = []
+
+    async def user_startup(ctx: Dict[str, Any]) -> None:
+        seen.append(ctx)
+
+    settings: Dict[str, Any] = {"functions": [ok], "on_startup": user_startup}
+    jobmetrics.arq.instrument(settings, m, port=port)
+    ctx: Dict[str, Any] = {}
+    asyncio.run(settings["on_startup"](ctx))  # as the worker calls it when it starts
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert b"harbor_jobservice_info" in r.read()
+        assert seen == [ctx]
+    finally:
+        ctx["jobmetrics_server"][0].shutdown()
+        ctx["jobmetrics_server"][0].server_close()

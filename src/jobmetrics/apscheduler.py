@@ -249,8 +249,8 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     Call it before or after ``start()``: executors already added are wrapped now, those
     added later (the default one at ``start()``) as they are added. ``metrics``
     defaults to :func:`jobmetrics.default_metrics`. ``port`` (default
-    ``$JOBMETRICS_PORT``; none: do not serve) serves ``/metrics`` now, on
-    ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
+    ``$JOBMETRICS_PORT``; none: do not serve) serves ``/metrics`` from now until the
+    scheduler shuts down, on ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
     """
     if metrics is None:
         metrics = default_metrics()
@@ -279,5 +279,13 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     setattr(target, _MARK, True)
     if port is not None:
         addr = os.environ.get("JOBMETRICS_ADDR") or metrics.addr
-        metrics.start_http_server(port, addr=addr)
+        served = metrics.start_http_server(port, addr=addr)
+        if served is not None:
+            from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
+
+            def stop_serving(event: Any) -> None:
+                served[0].shutdown()
+                served[0].server_close()
+
+            target.add_listener(stop_serving, EVENT_SCHEDULER_SHUTDOWN)
     return target
