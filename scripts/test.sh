@@ -31,6 +31,9 @@ fi
 VENV=${JOBMETRICS_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# arq pins redis<6, which Celery's kombu cannot share; it runs on the redis the test
+# extra installs, so it goes in without its pins.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps 'arq>=0.25'
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests bench examples
