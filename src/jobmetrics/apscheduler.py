@@ -26,33 +26,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _errors
 from .core import JobMetrics, default_metrics
-from .settings import check_int
+from .settings import check_int, env_addr, env_port
 from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
 __all__ = ["instrument"]
 
 _MARK = "_jobmetrics_apscheduler"
-
-
-def _port_from_env() -> Optional[int]:
-    raw = os.environ.get("JOBMETRICS_PORT")
-    if raw is None or raw == "":
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"JOBMETRICS_PORT={raw!r} is not a port number (0-65535)")
-    return port
 
 
 class _Submission:
@@ -259,7 +245,7 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     if port is not None:
         check_int("port", port, 0, 65535)
     else:
-        port = _port_from_env()
+        port = env_port()
     try:
         from apscheduler.schedulers.base import BaseScheduler
     except ImportError:  # pragma: no cover - 4.x has no such module
@@ -278,7 +264,7 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     target.add_listener(inst.on_event, EVENT_EXECUTOR_ADDED | EVENT_JOB_MISSED)
     setattr(target, _MARK, True)
     if port is not None:
-        addr = os.environ.get("JOBMETRICS_ADDR") or metrics.addr
+        addr = env_addr(metrics.addr)
         served = metrics.start_http_server(port, addr=addr)
         if served is not None:
             from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
@@ -31,7 +30,7 @@ from arq.worker import Function, Retry, func
 
 from . import _errors
 from .core import JobMetrics, default_metrics
-from .settings import check_int
+from .settings import check_int, env_addr, env_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -41,19 +40,6 @@ _MARK = "_jobmetrics_arq"
 _DEFAULT_TIMEOUT = 300.0  # arq's Worker(job_timeout=300)
 # asyncio runs a timer up to one clock resolution early (15.6 ms on Windows).
 _EARLY = time.get_clock_info("monotonic").resolution
-
-
-def _port_from_env() -> Optional[int]:
-    raw = os.environ.get("JOBMETRICS_PORT")
-    if raw is None or raw == "":
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"JOBMETRICS_PORT={raw!r} is not a port number (0-65535)")
-    return port
 
 
 def _seconds(value: Any, default: float) -> float:
@@ -149,7 +135,7 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     if port is not None:
         check_int("port", port, 0, 65535)
     else:
-        port = _port_from_env()
+        port = env_port()
     from arq.worker import Worker
 
     m = metrics
@@ -197,7 +183,7 @@ def _serving(hook: Optional[StartupHook], m: JobMetrics, port: int) -> StartupHo
     async def on_startup(ctx: Dict[Any, Any]) -> None:
         if not served:
             try:
-                addr = os.environ.get("JOBMETRICS_ADDR") or m.addr
+                addr = env_addr(m.addr)
                 served.append(m.start_http_server(port, addr=addr))
                 ctx["jobmetrics_server"] = served[0]
             except Exception as exc:

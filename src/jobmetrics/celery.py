@@ -24,14 +24,13 @@ starts (:mod:`jobmetrics.forking`), so the main process answers for every child.
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 from typing import Any, Dict, Optional, Tuple
 
 from . import _errors
 from .core import JobMetrics, default_metrics
 from .forking import ensure_directory, fold_own_file
-from .settings import check_int
+from .settings import check_int, env_addr, env_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["Instrumentation", "instrument"]
@@ -52,19 +51,6 @@ _Run = Tuple[str, OuterRun, "contextvars.Token[Optional[OuterRun]]", float]
 # may start in another thread before the attempt that retried it has ended.
 _runs_here: contextvars.ContextVar[Tuple[_Run, ...]] = contextvars.ContextVar(
     "jobmetrics_celery_runs", default=())
-
-
-def _port_from_env() -> Optional[int]:
-    raw = os.environ.get("JOBMETRICS_PORT")
-    if raw is None or raw == "":
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"JOBMETRICS_PORT={raw!r} is not a port number (0-65535)")
-    return port
 
 
 class Instrumentation:
@@ -127,7 +113,7 @@ class Instrumentation:
         except Exception as exc:
             _errors.report("celery worker_init", exc)
         if self.port is not None:
-            addr = os.environ.get("JOBMETRICS_ADDR") or m.addr
+            addr = env_addr(m.addr)
             self.server = m.start_http_server(self.port, addr=addr)
 
     def received(self, request: Any = None, **_: Any) -> None:
@@ -286,7 +272,7 @@ def instrument(app: Any, metrics: Optional[JobMetrics] = None, *,
     if port is not None:
         check_int("port", port, 0, 65535)
     else:
-        port = _port_from_env()
+        port = env_port()
     if not hasattr(app, "Task") or not hasattr(app, "conf"):
         raise TypeError(f"app must be a Celery app, got {type(app).__name__}")
     task_cls = app.Task

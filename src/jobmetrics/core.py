@@ -38,6 +38,7 @@ from .settings import (
     check_name_part,
     check_str,
     parse_bool,
+    parse_port,
 )
 from .state import HttpState, QueueSizes, QueueWaits, TaskState
 from .tasks import TaskHandle, instrument
@@ -300,13 +301,7 @@ class JobMetrics:
                     raise ValueError(str(exc)) from None
         raw = env.get("JOBMETRICS_PORT")
         if raw is not None:
-            try:
-                port = int(raw)
-            except ValueError:
-                port = -1
-            if not 0 <= port <= 65535:
-                raise ValueError(f"JOBMETRICS_PORT={raw!r} is not a port number (0-65535)")
-            found["port"] = port
+            found["port"] = parse_port("JOBMETRICS_PORT", raw)
         raw = env.get("JOBMETRICS_ADDR")
         if raw is not None:
             found["addr"] = raw

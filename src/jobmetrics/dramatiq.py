@@ -36,10 +36,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from dramatiq.middleware import Middleware
 
 from . import _errors
-from .celery import _port_from_env
 from .core import JobMetrics, default_metrics
 from .forking import fold_own_file, needs_directory, record_into
-from .settings import check_int
+from .settings import check_int, env_addr, env_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["JobMetricsMiddleware"]
@@ -114,7 +113,7 @@ class JobMetricsMiddleware(Middleware):
         if port is not None:
             check_int("port", port, 0, 65535)
         else:
-            port = _port_from_env()
+            port = env_port()
         self._metrics = metrics
         self.port = port
         #: The directory this worker process records into, when it made or found one.
@@ -165,7 +164,7 @@ class JobMetricsMiddleware(Middleware):
                 os.close(fd)
                 return
             self._serve_fd = fd
-        addr = os.environ.get("JOBMETRICS_ADDR") or m.addr
+        addr = env_addr(m.addr)
         self.server = m.start_http_server(self.port, addr=addr)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:

@@ -21,7 +21,6 @@ the ``jobmetrics_port`` class attribute) the main process serves ``/metrics`` on
 
 from __future__ import annotations
 
-import os
 import threading
 from time import perf_counter
 from typing import Any, ClassVar, Optional, Tuple
@@ -30,9 +29,9 @@ import rq.worker
 from rq.utils import now as rq_now
 
 from . import _errors
-from .celery import _port_from_env
 from .core import JobMetrics, default_metrics
 from .forking import ensure_directory
+from .settings import env_addr, env_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["SimpleWorker", "Worker", "WorkerMixin"]
@@ -81,9 +80,9 @@ class WorkerMixin:
                 _errors.report("rq work horse directory", exc)
         port = type(self).jobmetrics_port
         if port is None:
-            port = _port_from_env()
+            port = env_port()
         if port is not None and self.jobmetrics_server is None:
-            addr = os.environ.get("JOBMETRICS_ADDR") or m.addr
+            addr = env_addr(m.addr)
             self.jobmetrics_server = m.start_http_server(port, addr=addr)
         result: bool = super().work(*args, **kwargs)  # type: ignore[misc]
         return result

@@ -7,10 +7,11 @@ message that says what to change.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -65,6 +66,30 @@ def parse_bool(text: str) -> Optional[bool]:
     case, spaces around), ``None`` for anything else."""
     low = text.strip().lower()
     return True if low in TRUE_WORDS else False if low in FALSE_WORDS else None
+
+
+def parse_port(var: str, raw: str) -> int:
+    """A port number (0-65535) from an environment variable's text, or ``ValueError``
+    naming the variable."""
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{var}={raw!r} is not a port number (0-65535)")
+    return port
+
+
+def env_port(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """``$JOBMETRICS_PORT`` as a port number, ``None`` when unset or empty (where the
+    job-framework integrations serve ``/metrics``)."""
+    raw = (os.environ if environ is None else environ).get("JOBMETRICS_PORT")
+    return None if not raw else parse_port("JOBMETRICS_PORT", raw)
+
+
+def env_addr(default: str) -> str:
+    """``$JOBMETRICS_ADDR`` when set, else ``default``."""
+    return os.environ.get("JOBMETRICS_ADDR") or default
 
 
 def check_positive(arg: str, value: object) -> float:
