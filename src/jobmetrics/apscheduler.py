@@ -34,7 +34,7 @@ from . import _errors
 from .core import JobMetrics, default_metrics
 from .settings import check_int, env_addr, env_port
 from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
-from .tasks import status_of
+from .tasks import call_as_outer, status_of
 
 __all__ = ["instrument"]
 
@@ -105,16 +105,7 @@ def _recording(fn: Callable[..., Any], sub: _Submission) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run_(*args: Any, **kwargs: Any) -> Any:
         start, run = sub.begin()
-        token = outer_run.set(run)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            run.end(status_of(exc), start)
-            raise
-        finally:
-            outer_run.reset(token)
-        run.end(SUCCESS, start)
-        return result
+        return call_as_outer(run, start, fn, *args, **kwargs)
     return run_
 
 

@@ -45,8 +45,8 @@ else:  # wrapt < 2 has no generic ObjectProxy at runtime
 
 from . import _errors
 from .settings import check_str
-from .state import SUCCESS, OuterRun, TaskState, outer_run
-from .tasks import state_of, status_of
+from .state import SUCCESS, OuterRun, TaskState
+from .tasks import call_as_outer, state_of, status_of
 
 __all__ = ["ExecutorProxy", "instrument_executor", "task_type_of"]
 
@@ -77,18 +77,8 @@ class _LocalRun:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.started = True
-        run = OuterRun(self.series)
-        token = outer_run.set(run)
         start = self.series.begin_from_pending()
-        try:
-            result = self.call(*args, **kwargs)
-        except BaseException as exc:
-            run.end(status_of(exc), start)
-            raise
-        finally:
-            outer_run.reset(token)
-        run.end(SUCCESS, start)
-        return result
+        return call_as_outer(OuterRun(self.series), start, self.call, *args, **kwargs)
 
     def done(self, future: Future[Any]) -> None:
         # Runs after the call for a future that ran; only a cancelled (or never run)

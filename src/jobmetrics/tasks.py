@@ -19,10 +19,10 @@ else:  # wrapt < 2 has no generic wrappers at runtime
     _FunctionWrapper = wrapt.FunctionWrapper
     _BoundFunctionWrapper = wrapt.BoundFunctionWrapper
 
-from .state import FAIL, STATUSES, STOP, SUCCESS, TaskState, outer_run
+from .state import FAIL, STATUSES, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["STATUSES", "BoundTaskFunction", "Stopped", "TaskFunction", "TaskHandle",
-           "instrument", "state_of", "status_of"]
+           "call_as_outer", "instrument", "state_of", "status_of"]
 
 
 class Stopped(Exception):
@@ -41,6 +41,23 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, Exception) and not isinstance(exc, Stopped):
         return FAIL
     return STOP
+
+
+def call_as_outer(run: OuterRun, start: float, call: Callable[..., Any],
+                  *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` as an outer layer's run begun at ``start`` (executors,
+    schedulers, framework integrations): a ``@m.task`` function inside takes it over,
+    else it ends with the call's status. Results and exceptions pass through."""
+    token = outer_run.set(run)
+    try:
+        result = call(*args, **kwargs)
+    except BaseException as exc:
+        run.end(status_of(exc), start)
+        raise
+    finally:
+        outer_run.reset(token)
+    run.end(SUCCESS, start)
+    return result
 
 
 class TaskHandle:
