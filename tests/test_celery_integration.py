@@ -15,18 +15,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 import pytest
 
 from exporter_support import RedisServer
 from mpservers import P, stop
-from promcheck import Labels, promtool_check
+from promcheck import promtool_check
 from servers import free_port, scrape_until, wait_http
+from worker_support import Got, gauge, total, wait_file
 
 celery = pytest.importorskip("celery")
 
-Got = Dict[Tuple[str, Labels], float]
 
 APP = '''
 import os, time
@@ -121,12 +121,8 @@ def worker(request: pytest.FixtureRequest, redis: RedisServer,
     assert [d for d in os.listdir(tmp / "tmpdir") if d.startswith("jobmetrics-")] == []
 
 
-def total(got: Got, type: str, status: str) -> float:
-    return got.get((P + "task_total", (("status", status), ("type", type))), -1.0)
 
 
-def gauge(got: Got, family: str, type: str) -> float:
-    return got.get((P + family, (("type", type),)), 0.0)
 
 
 def retries(got: Got, type: str) -> float:
@@ -138,12 +134,6 @@ def send(w: Worker, name: str, *args: Any, **options: Any) -> Any:
                               **options)
 
 
-def wait_file(path: Path) -> int:
-    deadline = time.monotonic() + 30
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < deadline, f"{path} never written"
-        time.sleep(0.02)
-    return int(path.read_text())
 
 
 def test_every_task_counted_by_status_once(worker: Worker) -> None:

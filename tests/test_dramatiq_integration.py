@@ -8,21 +8,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import pytest
 
 from exporter_support import RedisServer
 from mpservers import P, stop
-from promcheck import Labels, promtool_check
+from promcheck import promtool_check
 from servers import free_port, scrape_until, wait_http
+from worker_support import Got, gauge, total, wait_file
 
 dramatiq = pytest.importorskip("dramatiq")
 
-Got = Dict[Tuple[str, Labels], float]
 
 APP = '''
 import os, time
@@ -113,20 +112,10 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DWorker]:
     assert [d for d in os.listdir(tmp / "tmpdir") if d.startswith("jobmetrics-")] == []
 
 
-def total(got: Got, type: str, status: str) -> float:
-    return got.get((P + "task_total", (("status", status), ("type", type))), -1.0)
 
 
-def gauge(got: Got, family: str, type: str) -> float:
-    return got.get((P + family, (("type", type),)), 0.0)
 
 
-def wait_file(path: Path) -> int:
-    deadline = time.monotonic() + 30
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < deadline, f"{path} never written"
-        time.sleep(0.02)
-    return int(path.read_text())
 
 
 def test_every_message_counted_once_from_one_endpoint(worker: DWorker) -> None:
