@@ -32,7 +32,9 @@ def test_record_into_keeps_values_and_decorators_and_counts_forked_children(
         gc(fail=True)
     assert record_into(m, str(tmp_path)) is True
     assert record_into(m, str(tmp_path)) is False  # already there
-    assert sorted(os.listdir(tmp_path)) == [f"jobmetrics-{os.getpid()}.db"]
+    # Its file, and the series budget's list with the type admitted before ("gc").
+    assert sorted(os.listdir(tmp_path)) == [f"jobmetrics-{os.getpid()}.db",
+                                            "jobmetrics-budgets.keys"]
     gc()
     with other.track_task("gc"):
         pass

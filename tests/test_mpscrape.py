@@ -106,7 +106,8 @@ def test_the_archive_is_read_again_when_replaced(tmp_path: Path) -> None:
         assert scrape(m.registry) == text  # the archive unchanged: the same answer
     assert total(m, "c") == 3.0
     assert sorted(os.listdir(tmp_path)) == sorted(
-        ["jobmetrics-archive.db", f"jobmetrics-{os.getpid()}.db", "jobmetrics.lock"])
+        ["jobmetrics-archive.db", f"jobmetrics-{os.getpid()}.db", "jobmetrics-budgets.keys",
+         "jobmetrics.lock"])
 
 
 def test_a_file_of_the_previous_format_is_read_and_folded(mp: JobMetrics) -> None:

@@ -335,4 +335,87 @@ def test_a_full_filesystem_never_crashes_the_host(tmp_path: Path) -> None:
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.strip() == "ok"
     assert "No space left on device" in proc.stderr  # said once, then memory
-    assert proc.stderr.count("recording failed") == 1
+    assert proc.stderr.count("recording failed in multiprocess file") == 1
+    # The shared series budget's file, if it was hit too, is said once as well.
+    assert proc.stderr.count("recording failed in series budget") <= 1
+
+
+def test_series_budgets_hold_for_the_merged_output_of_recycled_processes(
+        tmp_path: Path) -> None:
+    """Multi-process mode: five worker processes, one after another (recycled), each
+    meeting four HTTP operations and four task types, against budgets of three: the
+    merged output keeps three of each, not three per process."""
+    import multiprocessing
+    from typing import Any, List
+
+    from jobmetrics import WSGIMiddleware
+
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(tmp_path),
+                   process_collectors=False, max_series=3)
+
+    def app(env: Any, start_response: Any) -> List[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def worker(i: int) -> None:
+        wrapped = WSGIMiddleware(app, metrics=m, operation=lambda e: e["PATH_INFO"],
+                                 max_series=3)
+        for j in range(i, i + 4):
+            env = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/p{j}", "wsgi.input": None}
+            wrapped(env, lambda *a: None).close()  # type: ignore[attr-defined]
+            with m.track_task(f"t{j}"):
+                pass
+        os._exit(0)
+
+    ctx = multiprocessing.get_context("fork")
+    for i in range(5):
+        p = ctx.Process(target=worker, args=(i,))
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+    got = samples(scrape(m.registry))
+    requests = {dict(labels)["operation"]: v for (name, labels), v in got.items()
+                if name == P + "http_request_total"}
+    # /p0 is met by the first process, /p1 by two, /p2 by three; 20 - 6 overflow.
+    assert requests == {"/p0": 1.0, "/p1": 2.0, "/p2": 3.0, "overflow": 14.0}
+    types = {dict(labels)["type"]: v for (name, labels), v in got.items()
+             if name == P + "task_total" and dict(labels)["status"] == "success"}
+    assert types == {"t0": 1.0, "t1": 2.0, "t2": 3.0, "overflow": 14.0}
+    promtool_check(scrape(m.registry))
+
+
+def test_a_hostile_series_budget_file_costs_its_bad_lines_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good, link = tmp_path / "good", tmp_path / "link"
+    good.mkdir()
+    link.mkdir()
+    family = P + "running_task"
+    # One line another process admitted, junk, and a line cut short by a crash.
+    (good / "jobmetrics-budgets.keys").write_bytes(
+        f'["{family}","other"]\n'.encode() + b'not json\n[1,2]\n["' + family.encode()
+        + b'","cut')
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(good),
+                   process_collectors=False, max_series=2)
+    for t in ("a", "b", "other"):
+        with m.track_task(t):
+            pass
+    got = samples(scrape(m.registry))
+    types = {dict(labels)["type"] for (name, labels) in got if name == P + "task_total"}
+    assert types == {"a", "other", "overflow"}  # "other" was admitted by another process
+    lines = (good / "jobmetrics-budgets.keys").read_bytes().split(b"\n")
+    assert lines[-2:] == [f'["{family}","a"]'.encode(), b""]  # after the cut line, whole
+
+    target = tmp_path / "not-ours"
+    target.write_bytes(b"keep")
+    (link / "jobmetrics-budgets.keys").symlink_to(target)
+    mp = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(link),
+                    process_collectors=False, max_series=2)
+    with caplog.at_level(logging.ERROR, logger="jobmetrics"):
+        for t in ("a", "b", "c"):
+            with mp.track_task(t):
+                pass
+    assert target.read_bytes() == b"keep"  # never followed
+    types = {dict(labels)["type"] for (name, labels) in samples(scrape(mp.registry))
+             if name == P + "task_total"}
+    assert types == {"a", "b", "overflow"}  # counted by this process alone, as said once
+    assert len([r for r in caplog.records if "series budget" in r.getMessage()]) == 1

@@ -132,7 +132,8 @@ def test_every_job_counted_by_status_once_across_work_horses(worker: RQWorker) -
     # The horses' files are folded in as they exit: the worker's own file and the archive.
     (made,) = [d for d in os.listdir(w.tmp / "tmpdir") if d.startswith("jobmetrics-")]
     assert set(os.listdir(w.tmp / "tmpdir" / made)) == {
-        "jobmetrics-archive.db", f"jobmetrics-{w.proc.pid}.db", "jobmetrics.lock"}
+        "jobmetrics-archive.db", f"jobmetrics-{w.proc.pid}.db", "jobmetrics-budgets.keys",
+        "jobmetrics.lock"}
 
 
 def test_held_stopped_killed_and_cancelled(worker: RQWorker) -> None:

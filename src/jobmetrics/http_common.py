@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, FrozenSet, Optional, Set, Tuple
+from typing import TYPE_CHECKING, FrozenSet, Optional, Tuple
 
 from .settings import check_int
+from .state import HttpState, http_budget
 
 if TYPE_CHECKING:
     from .core import JobMetrics
-    from .state import HttpState
 
 __all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "RECORDING", "UNKNOWN", "LabelPolicy"]
 
@@ -32,35 +30,6 @@ OVERFLOW = "overflow"
 RECORDING = "jobmetrics.recording"
 
 
-class _Budget:
-    """The label sets recorded into one ``http`` state, shared by all its middlewares."""
-
-    __slots__ = ("lock", "max_series", "seen", "warned")
-
-    def __init__(self, max_series: int) -> None:
-        self.lock = threading.Lock()
-        self.max_series = max_series
-        self.seen: Set[Tuple[str, str, str]] = set()
-        self.warned = False
-
-
-# One budget per ``m.http``: two middlewares recording into the same families (an ASGI
-# app mounting a WSGI one, two apps on one JobMetrics) share it, so the family, not each
-# middleware, is bounded. Keyed weakly: a dropped service takes its budget along.
-_budgets: weakref.WeakKeyDictionary[HttpState, _Budget] = weakref.WeakKeyDictionary()
-_budgets_lock = threading.Lock()
-
-
-def _budget_for(http: HttpState, max_series: int) -> _Budget:
-    with _budgets_lock:
-        budget = _budgets.get(http)
-        if budget is None:
-            budget = _budgets[http] = _Budget(max_series)
-        else:  # the largest limit any middleware asked for
-            budget.max_series = max(budget.max_series, max_series)
-        return budget
-
-
 class LabelPolicy:
     """Method folding, excluded paths and the series budget of one middleware.
 
@@ -69,7 +38,8 @@ class LabelPolicy:
     largest ``max_series`` any of them gave); past it a new one is recorded with
     ``operation="overflow"`` (method and code are bounded already), and a warning is
     logged once. It is applied before ``http.end()``, so both the in-process and the
-    multi-process mode get it; in multi-process mode each process keeps its own budget.
+    multi-process mode get it; in multi-process mode it holds for the directory's merged
+    output (:class:`~jobmetrics.labels.Budget`).
     """
 
     __slots__ = ("_budget", "exclude", "max_series")
@@ -89,26 +59,18 @@ class LabelPolicy:
             q for p in exclude_paths for q in (p.rstrip("/") or "/", p.rstrip("/") + "/"))
         self.max_series = max_series
         http = metrics.http
-        self._budget = _Budget(max_series) if http is None else _budget_for(http, max_series)
+        budget = http_budget(None) if http is None else http.budget
+        # The largest limit any middleware on these families asked for.
+        budget.limit = max(budget.limit, max_series)
+        self._budget = budget
 
     def labels(self, method: str, code: str, operation: str) -> Tuple[str, str, str]:
         """The label values to record for one finished request."""
         if method not in METHODS:
             method = OTHER_METHOD
         key = (method, code, operation)
-        budget = self._budget
-        if key in budget.seen:
+        if self._budget.admits(key):
             return key
-        with budget.lock:
-            if len(budget.seen) < budget.max_series:
-                budget.seen.add(key)
-                return key
-            if not budget.warned:
-                budget.warned = True
-                logger.warning(
-                    "jobmetrics: more than %d HTTP label sets; new ones are recorded as "
-                    "operation=%r (raise max_series, or give operation= a coarser name)",
-                    budget.max_series, OVERFLOW)
         return method, code, OVERFLOW
 
 

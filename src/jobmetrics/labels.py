@@ -9,16 +9,23 @@ cell key: lone surrogates become U+FFFD, and a value that is not a ``str`` becom
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Set, Tuple
+import weakref
+from typing import TYPE_CHECKING, Optional, Set, Tuple, Union
 
 from . import _errors
 
-__all__ = ["OVERFLOW", "UNKNOWN", "Budget", "clean"]
+if TYPE_CHECKING:
+    from .multiprocess.budgets import SharedList
+
+__all__ = ["OVERFLOW", "UNKNOWN", "Budget", "BudgetKey", "clean"]
 
 UNKNOWN = "unknown"
 #: The label value of new series once a budget is spent.
 OVERFLOW = "overflow"
+#: What a budget counts: one label value, or a tuple of them.
+BudgetKey = Union[str, Tuple[str, ...]]
 
 
 def _clean_one(value: object) -> str:
@@ -40,30 +47,98 @@ def clean(values: Tuple[object, ...]) -> Tuple[str, ...]:
 
 
 class Budget:
-    """At most ``limit`` distinct values of one label (task types, queue names); past it a
-    new value becomes :data:`OVERFLOW`, with one warning. Values come from user data (a
-    task type from a request body), so their number must be bounded, as the series are."""
+    """At most ``limit`` distinct keys (task types, queue names, HTTP label sets); past it a
+    new key is refused (recorded as :data:`OVERFLOW`), with one warning. Keys come from
+    user data (a task type from a request body), so their number must be bounded, as the
+    series are.
 
-    __slots__ = ("_lock", "_seen", "_warned", "limit", "what")
+    In multi-process mode (``store`` records into a directory) the budget holds for the
+    directory's merged output, not per process: its processes admit into one shared list
+    (:mod:`jobmetrics.multiprocess.budgets`), so recycled workers do not multiply it.
+    ``name`` tells budgets apart there (the family they bound)."""
 
-    def __init__(self, what: str, limit: int) -> None:
+    __slots__ = ("__weakref__", "_lock", "_seen", "_shared", "_store", "_warned", "hint",
+                 "limit", "name", "what")
+
+    def __init__(self, what: str, limit: int, store: object = None, name: str = "",
+                 hint: str = f"new ones are recorded as {OVERFLOW!r} (raise max_series, or "
+                             "map them to fewer names)") -> None:
         self.what = what
         self.limit = limit
-        self._seen: Set[str] = set()
+        self.name = name or what
+        self.hint = hint
+        self._store = store
+        self._seen: Set[BudgetKey] = set()
+        self._shared: Optional[SharedList] = None
         self._lock = threading.Lock()
         self._warned = False
+        _budgets.add(self)
+
+    def admits(self, key: BudgetKey) -> bool:
+        """Whether ``key`` may be recorded as it is."""
+        if key in self._seen:
+            return True
+        with self._lock:
+            if key in self._seen:
+                return True
+            if self._room(key):
+                self._seen.add(key)
+                return True
+            if not self._warned:
+                self._warned = True
+                _errors.logger.warning("jobmetrics: more than %d %s; %s", self.limit,
+                                       self.what, self.hint)
+        return False
 
     def admit(self, value: str) -> str:
         """``value``, or :data:`OVERFLOW` when the budget is spent."""
-        if value in self._seen:
-            return value
-        with self._lock:
-            if len(self._seen) < self.limit or value in self._seen:
-                self._seen.add(value)
-                return value
-            if not self._warned:
-                self._warned = True
-                _errors.logger.warning(
-                    "jobmetrics: more than %d %s; new ones are recorded as %r (raise "
-                    "max_series, or map them to fewer names)", self.limit, self.what, OVERFLOW)
-        return OVERFLOW
+        return value if self.admits(value) else OVERFLOW
+
+    def _room(self, key: BudgetKey) -> bool:
+        shared = self._shared_list()
+        if shared is not None:
+            try:
+                return shared.admit(key, self.limit)
+            except (OSError, ValueError) as exc:
+                # This process counts on its own from now on (the budget is then per
+                # process, as without a directory), and says so once.
+                _errors.report(f"series budget in {shared.directory!r}", exc)
+                shared.broken = True
+                if shared.full:
+                    return False
+        return len(self._seen) < self.limit
+
+    def _shared_list(self) -> Optional[SharedList]:
+        directory = getattr(self._store, "directory", None)
+        if not isinstance(directory, str):
+            return None
+        shared = self._shared
+        if shared is None or shared.directory != directory:
+            from .multiprocess.budgets import SharedList
+
+            shared = self._shared = SharedList(directory, self.name)
+        return None if shared.broken else shared
+
+    def bind(self) -> None:
+        """The store was re-opened (this process forked, or it moved into a directory):
+        what this process admitted so far goes into the shared list."""
+        shared = self._shared_list()
+        if shared is not None and self._seen:
+            try:
+                shared.add_all(list(self._seen))
+            except (OSError, ValueError) as exc:
+                _errors.report(f"series budget in {shared.directory!r}", exc)
+                shared.broken = True
+
+
+_budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A fork can happen while another thread holds a budget's lock.
+    for budget in list(_budgets):
+        budget._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -46,15 +46,24 @@ class Service(Collector):
         self.queues: QueueSizes = store.state(
             ("queue_size", names["queue_size"]),
             lambda: QueueSizes(store, table, on_register=self._queue_registered,
-                               names=Budget("queue names", settings.max_series)))
+                               names=self._budget("queue names", names["queue_size"])))
         self.queue_waits = QueueWaits(store, table)
         self._tasks: Dict[str, TaskState] = {}
-        self._types = Budget("task types", settings.max_series)
+        self._types = self._budget("task types", names["running"])
         self._lock = threading.Lock()
         self._families = frozenset(names[k] for k, f in FAMILIES.items()
                                    if f.merge is not Merge.SINGLE)
         self._windows = {names[k]: table.window(k) for k, f in FAMILIES.items()
                          if f.merge in (Merge.DURATION, Merge.RATIO)}
+
+    def _budget(self, what: str, family: str) -> Budget:
+        # One per store and family: every service on it shares the budget, and it holds
+        # for a multi-process directory's merged output.
+        limit = self.settings.max_series
+        budget = self.store.state(("budget", family),
+                                  lambda: Budget(what, limit, self.store, family))
+        budget.limit = max(budget.limit, limit)
+        return budget
 
     def _queue_registered(self) -> None:
         if isinstance(self.store, FileStore):

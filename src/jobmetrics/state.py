@@ -22,7 +22,7 @@ from . import _errors
 from .cells import Store
 from .durations import Duration, ExemplarData
 from .families import FAMILIES, FamilyTable
-from .labels import Budget, clean
+from .labels import OVERFLOW, Budget, clean
 from .window import Window
 
 __all__ = [
@@ -164,12 +164,20 @@ outer_run: contextvars.ContextVar[Optional[OuterRun]] = contextvars.ContextVar(
     "jobmetrics_outer_run", default=None)
 
 
+def http_budget(store: Optional[Store], family: str = "") -> Budget:
+    """A budget of ``(method, code, operation)`` label sets (its limit is raised by each
+    middleware to its ``max_series``)."""
+    return Budget("HTTP label sets", 0, store, family,
+                  hint=f"new ones are recorded as operation={OVERFLOW!r} (raise max_series, "
+                       "or give operation= a coarser name)")
+
+
 class HttpState:
     """In-flight count, request counts per ``(method, code, operation)`` and durations
-    per ``(method, operation)``."""
+    per ``(method, operation)``; ``budget`` bounds the label sets the middleware record."""
 
     __slots__ = ("__weakref__", "_durations", "_inflight", "_names", "_requests",
-                 "_settings", "_store")
+                 "_settings", "_store", "budget")
 
     def __init__(self, store: Store, table: FamilyTable) -> None:
         self._store = store
@@ -177,10 +185,13 @@ class HttpState:
         self._names = (table.names["inflight"], table.names["requests"],
                        table.names["request_duration"])
         self._durations: Dict[Tuple[str, str], Duration] = {}
+        #: The label sets the middleware may record (:class:`~jobmetrics.labels.Budget`).
+        self.budget = http_budget(store, self._names[1])
         self.bind()
 
     def bind(self) -> None:
-        """Take the cells in the store (again, after a fork)."""
+        """Take the cells in the store (again, after a fork, or in a directory)."""
+        self.budget.bind()
         self._inflight = self._store.cell((self._names[0], (), (FAMILIES["inflight"].rule,)))
         self._requests: Dict[Tuple[str, str, str], int] = {}
         for d in self._durations.values():
