@@ -110,14 +110,19 @@ def test_the_archive_is_read_again_when_replaced(tmp_path: Path) -> None:
          "jobmetrics.lock"])
 
 
-def test_a_file_of_the_previous_format_is_read_and_folded(mp: JobMetrics) -> None:
-    entries = b""  # JMv2: the entries of JMv3, after an 8-byte header without a nonce
+@pytest.mark.parametrize("magic,header", [(b"JMv2", b""), (b"JMv3", b"nonce-01")])
+def test_a_file_of_an_earlier_format_is_read_and_folded(mp: JobMetrics, magic: bytes,
+                                                        header: bytes) -> None:
+    # The entries of JMv4, after JMv3's 16-byte header (a nonce, no writer start) or
+    # JMv2's 8-byte one (neither).
+    entries = b""
     for key, value in cells_of(mp, "old"):
         raw = encode_key(key)
         pad = b" " * ((8 - (4 + len(raw)) % 8) % 8)
         entries += len(raw).to_bytes(4, "little") + raw + pad + struct.pack("<d", value)
     old = Path(mp.settings.multiprocess_dir) / "jobmetrics-999999990.db"  # type: ignore[arg-type]
-    old.write_bytes(b"JMv2" + (8 + len(entries)).to_bytes(4, "little") + entries)
+    used = 8 + len(header) + len(entries)
+    old.write_bytes(magic + used.to_bytes(4, "little") + header + entries)
     assert total(mp, "old") == 1.0
     assert not old.exists()  # a dead process's: folded into the archive
     assert (total(mp, "old"), total(mp, "a")) == (1.0, 1.0)

@@ -419,3 +419,40 @@ def test_a_hostile_series_budget_file_costs_its_bad_lines_only(
              if name == P + "task_total"}
     assert types == {"a", "b", "overflow"}  # counted by this process alone, as said once
     assert len([r for r in caplog.records if "series budget" in r.getMessage()]) == 1
+
+
+def test_a_killed_workers_gauges_die_with_it_even_when_its_pid_lives_again(
+        tmp_path: Path) -> None:
+    """A worker is SIGKILLed mid-task; the kernel gives its pid to a new process. Its
+    file must read as dead (its counts kept, its running task gone), not as that new
+    process's. The reuse is made by naming the dead file for a live process's pid."""
+    import multiprocessing
+    import signal
+    import subprocess
+
+    m = JobMetrics(registry=CollectorRegistry(), multiprocess_dir=str(tmp_path),
+                   process_collectors=False)
+    started = multiprocessing.get_context("fork").Event()
+
+    def worker() -> None:
+        with m.track_task("gc"):
+            pass
+        with m.track_task("gc"):
+            started.set()
+            time.sleep(60)
+
+    p = multiprocessing.get_context("fork").Process(target=worker)
+    p.start()
+    assert started.wait(20)
+    os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    p.join(10)
+    newcomer = subprocess.Popen(["sleep", "60"])  # a live process that is not the writer
+    try:
+        os.rename(tmp_path / f"jobmetrics-{p.pid}.db", tmp_path / f"jobmetrics-{newcomer.pid}.db")
+        got = samples(scrape(m.registry))
+        assert got[(P + "running_task", (("type", "gc"),))] == 0.0
+        assert got[(P + "task_total", (("status", "success"), ("type", "gc")))] == 1.0
+        assert not (tmp_path / f"jobmetrics-{newcomer.pid}.db").exists()  # folded
+    finally:
+        newcomer.kill()
+        newcomer.wait()

@@ -3,7 +3,8 @@
 Every process writes its cells into ``jobmetrics-<pid>.db`` (one file per process, however
 many ``JobMetrics`` it has: keys carry the family's full name, so services with other
 prefixes in the same directory never read each other's cells). A scrape in any process
-reads every file as one :class:`~jobmetrics.cells.Snapshot`, live or not by its pid, plus
+reads every file as one :class:`~jobmetrics.cells.Snapshot`, live or not by its pid and
+its writer's start time (a pid can be given to a new process after a kill), plus
 the archive, where the files of dead processes are folded (under the lock) so the work
 of a scrape grows with the live processes only.
 """
@@ -16,11 +17,11 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from .. import _errors
 from ..cells import Cells, Columns, Key, MemoryStore, Snapshot
-from .valuefile import EMPTY, Reader, ValueFile
+from .valuefile import EMPTY, Reader, ValueFile, writer_start
 
 __all__ = ["ENV_VAR", "FileStore", "check_directory", "compact_pid"]
 
@@ -71,24 +72,44 @@ def _locked(directory: str, exclusive: bool) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _proc_stat(pid: int) -> Optional[Tuple[bytes, int]]:
+    """The state and start time (clock ticks since boot) of process ``pid`` from
+    ``/proc/<pid>/stat``; ``None`` where it cannot be read (no ``/proc``)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+        finally:
+            os.close(fd)
+        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_start() -> int:
+    """This process's start time as :func:`_proc_stat` gives it (0 where unknown)."""
+    stat = _proc_stat(os.getpid())
+    return stat[1] if stat is not None else 0
+
+
+def _alive(path: str, pid: int) -> bool:
+    """Whether the process that wrote ``path`` (named for ``pid``) still runs: a process
+    of that pid exists, is no zombie, and (when both are known) started when the writer
+    did. A pid the kernel gave to a new process after a kill is not the writer."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is dead for our purpose
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-        try:
-            state = os.read(fd, 4096).rsplit(b")", 1)[1].split()[0]
-        finally:
-            os.close(fd)
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: the pid is all there is to go by
+    state, start = stat
+    if state in (b"Z", b"X"):  # killed, not yet reaped
+        return False
+    written = writer_start(path)
+    return written == 0 or written == start
 
 
 def _path(directory: str, pid: int) -> str:
@@ -168,7 +189,7 @@ def _list(directory: str) -> Dict[str, Optional[int]]:
 def read_directory(directory: str) -> List[Snapshot]:
     """Every process's cells, folding the files of dead processes into the archive."""
     files = _list(directory)
-    alive = {p: pid is not None and _pid_alive(pid) for p, pid in files.items()}
+    alive = {p: pid is not None and _alive(p, pid) for p, pid in files.items()}
     dead = [p for p, pid in files.items() if pid is not None and not alive[p]]
     if dead:
         with _locked(directory, exclusive=True):
@@ -180,7 +201,7 @@ def read_directory(directory: str) -> List[Snapshot]:
         for path, pid in files.items():
             live = alive.get(path)
             if live is None:
-                live = alive[path] = pid is not None and _pid_alive(pid)
+                live = alive[path] = pid is not None and _alive(path, pid)
             cells = _read(path, frozen=path.endswith(_ARCHIVE))
             if cells is not None:
                 out.append(Snapshot(live, cells))
@@ -234,7 +255,7 @@ class FileStore(Cells):
                     _compact(self.directory, [path])
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            self._file = ValueFile(path)
+            self._file = ValueFile(path, start=own_start())
             self.values = self._file.values
         except OSError as exc:
             if os.path.isdir(self.directory):  # a removed directory is nobody's to scrape

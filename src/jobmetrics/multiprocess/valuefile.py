@@ -5,14 +5,16 @@ append-only table of ``key -> float64``. The writer updates a value with one 8-b
 into the mapping (through a ``memoryview`` of float64s, so the state code indexes it as it
 indexes a list), so values survive the process being killed (the page cache holds them).
 
-Layout (little endian): ``b"JMv3"``, ``uint32 used`` (bytes in use), ``8 bytes nonce``
-(random, fixed for the file's life), then entries, each 8-byte aligned: ``uint32 key
+Layout (little endian): ``b"JMv4"``, ``uint32 used`` (bytes in use), ``8 bytes nonce``
+(random, fixed for the file's life), ``uint64 start`` (the writer's start time, in clock
+ticks since boot as ``/proc/<pid>/stat`` gives it; 0 when unknown: a pid that lives again
+in another process is not the writer), then entries, each 8-byte aligned: ``uint32 key
 length``, the key (JSON of ``[family, [labels], [part]]``, UTF-8) padded with spaces so the
 value is 8-byte aligned, ``float64 value``. A cell's handle is its value's offset / 8. The
 writer fills an entry before it publishes the new ``used``, so a reader never sees half an
 entry; a file cut short by a crash or the disk is read up to its last whole entry, and a
-file that is not ours reads as empty. ``JMv2`` files (no nonce, 8-byte header) of the
-previous release are still read.
+file that is not ours reads as empty. ``JMv3`` files (no start, 16-byte header) and
+``JMv2`` files (no nonce, 8-byte header) of earlier releases are still read.
 
 Keys are append-only, so a reader decodes a file's keys once: a :class:`KeyTable` (the keys
 in entry order and one ``struct`` that picks every value out of the published bytes)
@@ -37,15 +39,19 @@ from typing import Dict, List, Optional, Tuple, cast
 
 from ..cells import Columns, Key
 
-__all__ = ["EMPTY", "KeyTable", "Reader", "ValueFile", "read_cells"]
+__all__ = ["EMPTY", "KeyTable", "Reader", "ValueFile", "read_cells", "writer_start"]
 
-MAGIC = b"JMv3"
+MAGIC = b"JMv4"
+_MAGIC_V3 = b"JMv3"
 _MAGIC_V2 = b"JMv2"
-_HEADER = 16
+_MAGICS = (MAGIC, _MAGIC_V3, _MAGIC_V2)
+_HEADER = 24
+_HEADER_V3 = 16
 _HEADER_V2 = 8
 _INITIAL_SIZE = 1 << 16
 _u32 = struct.Struct("<I")
 _f64 = struct.Struct("<d")
+_u64 = struct.Struct("<Q")
 
 
 def encode_key(key: Key) -> bytes:
@@ -58,7 +64,7 @@ def encode_key(key: Key) -> bytes:
 class ValueFile:
     """The writer side: one per process. Not thread-safe; callers hold the store's lock."""
 
-    def __init__(self, path: str, exclusive: bool = False) -> None:
+    def __init__(self, path: str, exclusive: bool = False, start: int = 0) -> None:
         self.path = path
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if exclusive else os.O_TRUNC)
         fd = os.open(path, flags, 0o644)
@@ -70,6 +76,7 @@ class ValueFile:
         self._map, self.values = self._grow(_INITIAL_SIZE)
         self._map[0:4] = MAGIC
         self._map[8:16] = os.urandom(8)  # the nonce: readers' cached keys are this file's
+        self._map[16:24] = _u64.pack(start)
         self._used = _HEADER
         self._map[4:8] = _u32.pack(self._used)
 
@@ -152,6 +159,8 @@ class KeyTable:
         """
         if len(data) >= _HEADER and data[0:4] == MAGIC:
             return cls._parse(data, data[8:16], _HEADER, (), f"<{_HEADER}x")
+        if len(data) >= _HEADER_V3 and data[0:4] == _MAGIC_V3:
+            return cls._parse(data, data[8:16], _HEADER_V3, (), f"<{_HEADER_V3}x")
         if len(data) >= _HEADER_V2 and data[0:4] == _MAGIC_V2:
             return cls._parse(data, b"", _HEADER_V2, (), f"<{_HEADER_V2}x")
         return None
@@ -211,7 +220,7 @@ def _read_published(fd: int, hint: int) -> bytes:
     """The published bytes of an open value file (``b""`` for a foreign one), in one
     read when ``hint`` (the size last seen) still covers them."""
     data = os.pread(fd, max(hint, 4096), 0)
-    if len(data) < _HEADER_V2 or data[0:4] not in (MAGIC, _MAGIC_V2):
+    if len(data) < _HEADER_V2 or data[0:4] not in _MAGICS:
         return b""
     used = _u32.unpack_from(data, 4)[0]
     if used > len(data):
@@ -242,6 +251,24 @@ def read_bytes(path: str, strict: bool = False) -> bytes:
         return b""
     finally:
         os.close(fd)
+
+
+def writer_start(path: str) -> int:
+    """The start time its writer stored in the value file at ``path`` (0: none stored,
+    an earlier format, or not readable)."""
+    try:
+        fd, _ = _open_regular(path)
+    except (OSError, ValueError):
+        return 0
+    try:
+        head = os.pread(fd, _HEADER, 0)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    if len(head) < _HEADER or head[0:4] != MAGIC:
+        return 0
+    return cast(int, _u64.unpack_from(head, 16)[0])
 
 
 def read_cells(path: str) -> List[Tuple[Key, float]]:
