@@ -297,6 +297,18 @@ def test_huge_queue_costs_a_bounded_read(
     assert reading.queue_latency == {ARQ_DEFAULT_QUEUE: now - score / 1000}
 
 
+def test_a_score_that_is_not_a_time_leaves_only_the_latency_out(
+    redis_server: RedisServer,
+) -> None:
+    enqueue(redis_server, [(ARQ_DEFAULT_QUEUE, {}), ("good", {})])
+    r = redis_server.client()
+    r.zadd(ARQ_DEFAULT_QUEUE, {"not-arq": float("-inf")})  # no arq client writes this
+    reading = ArqLayout(queues=[ARQ_DEFAULT_QUEUE, "good"]).read(r)
+    assert reading.queue_size == {ARQ_DEFAULT_QUEUE: 2, "good": 1}
+    assert list(reading.queue_latency) == ["good"]
+    assert reading.errors == [ARQ_DEFAULT_QUEUE]
+
+
 def test_redis_going_away_and_coming_back(
     redis_server: RedisServer, registry: CollectorRegistry
 ) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -744,7 +745,7 @@ class ArqLayout(Layout):
             out.concurrency[(q,)] = float(running)
             out.scheduled[(q,)] = float(later)
             if oldest:
-                out.queue_latency[q] = _latency(now, float(oldest) / 1000.0)
+                self._due_latency(q, oldest, now, out)
             elif due == running:
                 out.queue_latency[q] = 0.0  # nothing waits
             else:
@@ -756,6 +757,19 @@ class ArqLayout(Layout):
                     "queue's latency is left out (max_running)", seen, q,
                 )
         return out
+
+    def _due_latency(self, q: str, score: Any, now: float, out: Reading) -> None:
+        try:
+            due = float(_text(score)) / 1000.0
+            if not math.isfinite(due):
+                raise ValueError(f"score {_text(score)!r} is not a time")
+            out.queue_latency[q] = _latency(now, due)
+        except ValueError as exc:
+            out.errors.append(q)  # arq scores in epoch ms; +-inf is someone else's ZADD
+            self.log_once(
+                "reading a due time", "the oldest waiting job of queue %r has no due time "
+                "(%s); the latency of such queues is left out", q, exc,
+            )
 
 
 #: Layouts by ``--layout`` name.
