@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from .collector import RedisExporter
 from .layouts import (
+    ARQ_DEFAULT_QUEUE,
     CELERY_ENQUEUED_HEADER,
     LAYOUTS,
+    ArqLayout,
     CeleryLayout,
     HarborLayout,
     Layout,
@@ -38,9 +40,11 @@ from .sql_layouts import (
 from .store import StoreExporter
 
 __all__ = [
+    "ARQ_DEFAULT_QUEUE",
     "CELERY_ENQUEUED_HEADER",
     "LAYOUTS",
     "SQL_LAYOUTS",
+    "ArqLayout",
     "CeleryLayout",
     "DjangoQLayout",
     "HarborLayout",

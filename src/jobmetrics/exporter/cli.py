@@ -157,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="jobmetrics-exporter",
         description="Expose job queues kept in Redis (gocraft/work as Harbor uses it, RQ, "
-        "Celery) or PostgreSQL (Harbor's task table, Procrastinate, pgqueuer, django-q2) "
+        "Celery, arq) or PostgreSQL (Harbor's task table, Procrastinate, pgqueuer, django-q2) "
         "as Harbor's harbor_task_* Prometheus families.",
         epilog="Every option can also be set by its environment variable, shown in "
         "brackets; the command line wins.",
@@ -174,14 +174,16 @@ def parser() -> argparse.ArgumentParser:
                    f"(PostgreSQL); default harbor [{ENV['layout']}]")
     p.add_argument("--key-prefix", default=_env("key_prefix", str, None),
                    help="Redis key prefix of the layout (harbor: "
-                   "{harbor_job_service_namespace}; rq: rq; celery: none) "
+                   "{harbor_job_service_namespace}; rq: rq; celery: none; arq: none, its "
+                   "key names are fixed) "
                    f"[{ENV['key_prefix']}]")
     p.add_argument("--namespace", default=_env("namespace", str, "harbor"),
                    help=f"metric namespace: <namespace>_task_* (default harbor) "
                    f"[{ENV['namespace']}]")
     p.add_argument("--queue", action="append", default=None, metavar="NAME",
                    help="a queue (job type for harbor) to read; repeatable; all discovered "
-                   f"ones when omitted [{ENV['queue']}, comma-separated]")
+                   "ones when omitted (arq, which keeps no list of its queues: arq:queue) "
+                   f"[{ENV['queue']}, comma-separated]")
     p.add_argument("--port", type=_port, default=_env("port", _port, DEFAULT_PORT),
                    help=f"HTTP port to serve /metrics on (default {DEFAULT_PORT}) "
                    f"[{ENV['port']}]")

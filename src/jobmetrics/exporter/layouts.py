@@ -32,20 +32,31 @@ Key layouts, each checked against the job system's own source:
     ``routing_key\\x06\\x16pattern\\x06\\x16queue``. A message is JSON with ``headers``;
     Celery puts no enqueue time in it, so the latency is reported only for messages
     stamped by :func:`stamp_enqueue_time` (see docs/exporter.md).
+``arq``
+    arq (``constants.py``, ``connections.py``, ``worker.py``). A queue is a sorted set
+    named by the queue itself (``arq:queue`` by default) of job ids scored by when each
+    job is due, in epoch milliseconds (its enqueue time, or the time it was deferred to);
+    a worker takes the due ids lowest score first and leaves each in the set while it
+    runs, marked by the key ``arq:in-progress:<id>``, until it finishes. arq's key names
+    are fixed and it keeps no list of its queues, so the queues are named, not
+    discovered; the job payloads (``arq:job:<id>``, pickled by default) are never read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 __all__ = [
+    "ARQ_DEFAULT_QUEUE",
     "CELERY_ENQUEUED_HEADER",
     "LAYOUTS",
+    "ArqLayout",
     "CeleryLayout",
     "HarborLayout",
     "Layout",
@@ -629,9 +640,140 @@ def stamp_enqueue_time(headers: Optional[Dict[str, Any]] = None, **_: Any) -> No
     if headers is not None:
         headers.setdefault(CELERY_ENQUEUED_HEADER, time.time())
 
+#: arq's default queue (``arq.constants.default_queue_name``), read when none is named.
+ARQ_DEFAULT_QUEUE = "arq:queue"
+#: arq's ``in_progress_key_prefix``: ``arq:in-progress:<job id>`` marks a job running.
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+
+# One arq queue (KEYS[1], a sorted set of job ids scored by due time in ms) at the time
+# ARGV[1] (ms): its type, the due and the deferred counts (ZCOUNT, O(log n)), and among
+# the ARGV[3] due jobs of lowest score, those running (ARGV[2] .. id exists) and the
+# score of the first that is not. Atomic, so the counts agree with each other.
+_ARQ_SCRIPT = """
+local key, now = KEYS[1], ARGV[1]
+local kind = redis.call('TYPE', key)['ok']
+if kind ~= 'zset' then
+  return {kind, 0, 0, 0, 0, ''}
+end
+local due = redis.call('ZCOUNT', key, '-inf', now)
+local later = redis.call('ZCOUNT', key, '(' .. now, '+inf')
+local running, seen, oldest = 0, 0, ''
+if due > 0 then
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                         tonumber(ARGV[3]))
+  seen = #ids / 2
+  for j = 1, #ids, 2 do
+    if redis.call('EXISTS', ARGV[2] .. ids[j]) == 1 then
+      running = running + 1
+    elseif oldest == '' then
+      oldest = ids[j + 1]
+    end
+  end
+end
+return {kind, due, later, running, seen, oldest}
+"""
+
+
+class ArqLayout(Layout):
+    """arq's queues: a sorted set of job ids per queue, scored by when each job is due.
+
+    - ``queue_size{queue}``: due jobs (score <= now) that are not running;
+    - ``queue_latency{queue}``: now minus the due time of the oldest of them (a deferred
+      job waits from the time it was deferred to, not from its enqueue); 0 when none;
+    - ``concurrency{queue}``: due jobs with an ``arq:in-progress:<id>`` key, found among
+      the ``max_running`` due jobs of lowest score (arq's workers start those first);
+    - ``scheduled{queue}``: deferred jobs (score > now), retries deferred by ``Retry``
+      included.
+
+    arq keeps no list of its queues, so ``queues`` names them (the sorted sets' keys,
+    ``_queue_name`` / ``queue_name`` in arq); ``arq:queue`` when none is given. The job
+    payloads are never read (pickled by default: unpickling runs code), so whatever
+    ``job_serializer`` the application uses, the read is the same, and there is no
+    breakdown by function.
+    """
+
+    name = "arq"
+    queue_label = "queue"
+    concurrency_labels = ("queue",)
+    scheduled_labels = ("queue",)
+    default_key_prefix = ""
+
+    def __init__(
+        self,
+        key_prefix: Optional[str] = None,
+        queues: Sequence[str] = (),
+        max_queues: int = 500,
+        max_running: int = 1000,
+    ) -> None:
+        if key_prefix:
+            raise ValueError(
+                "key_prefix: arq's key names are fixed (arq.constants); name the queues, "
+                "the keys of their sorted sets, with queues= (--queue)"
+            )
+        super().__init__(None, queues, max_queues)
+        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+            raise ValueError(f"max_running must be an int >= 1, got {max_running!r}")
+        if not self.queues:
+            self.queues = (ARQ_DEFAULT_QUEUE,)
+        #: The most due jobs per queue checked for an ``arq:in-progress:<id>`` key.
+        self.max_running = max_running
+
+    def read(self, client: Any, now: Optional[float] = None) -> Reading:
+        """Due (waiting and running) and deferred counts, latency of the oldest waiting."""
+        out = Reading()
+        now = time.time() if now is None else now
+        now_ms = f"{now * 1000:.3f}"
+        pipe = client.pipeline(transaction=False)
+        for q in self.queues:
+            pipe.eval(_ARQ_SCRIPT, 1, q, now_ms, ARQ_IN_PROGRESS_PREFIX, self.max_running)
+        replies = pipe.execute(raise_on_error=False)
+        out.commands += len(replies)
+        for q, reply in zip(self.queues, replies):
+            if _failed(self, q, (reply,), out):
+                continue
+            kind, due, later, running, seen, oldest = reply
+            kind = _text(kind)
+            if kind not in ("zset", "none"):
+                out.errors.append(q)
+                self.log_once(
+                    "reading a queue's keys", "queue %r is a Redis %s, not arq's sorted "
+                    "set; such queues are left out of the scrape", q, kind,
+                )
+                continue
+            due, running, seen = int(due), int(running), int(seen)
+            out.queue_size[q] = float(due - running)
+            out.concurrency[(q,)] = float(running)
+            out.scheduled[(q,)] = float(later)
+            if oldest:
+                self._due_latency(q, oldest, now, out)
+            elif due == running:
+                out.queue_latency[q] = 0.0  # nothing waits
+            else:
+                # The max_running oldest due jobs all run: more may, beyond them.
+                out.errors.append(q)
+                self.log_once(
+                    "bounding running jobs", "the %d oldest due jobs of queue %r are all "
+                    "running; jobs running beyond them are counted as waiting and the "
+                    "queue's latency is left out (max_running)", seen, q,
+                )
+        return out
+
+    def _due_latency(self, q: str, score: Any, now: float, out: Reading) -> None:
+        try:
+            due = float(_text(score)) / 1000.0
+            if not math.isfinite(due):
+                raise ValueError(f"score {_text(score)!r} is not a time")
+            out.queue_latency[q] = _latency(now, due)
+        except ValueError as exc:
+            out.errors.append(q)  # arq scores in epoch ms; +-inf is someone else's ZADD
+            self.log_once(
+                "reading a due time", "the oldest waiting job of queue %r has no due time "
+                "(%s); the latency of such queues is left out", q, exc,
+            )
+
 
 #: Layouts by ``--layout`` name.
-LAYOUTS = {cls.name: cls for cls in (HarborLayout, RQLayout, CeleryLayout)}
+LAYOUTS = {cls.name: cls for cls in (HarborLayout, RQLayout, CeleryLayout, ArqLayout)}
 
 
 def make_layout(
@@ -641,7 +783,7 @@ def make_layout(
     max_queues: int = 500,
     max_pools: int = 100,
 ) -> Layout:
-    """The layout called ``name`` (``harbor``, ``rq`` or ``celery``).
+    """The layout called ``name`` (``harbor``, ``rq``, ``celery`` or ``arq``).
 
     ``max_pools`` bounds the worker pools reported per job type (``harbor`` only).
     """
