@@ -24,7 +24,7 @@ class RedisExporter(StoreExporter):
     >>> exporter = RedisExporter("redis://127.0.0.1:6379/0", layout="rq")  # doctest: +SKIP
 
     Families (``harbor`` is ``namespace``; the queue label is ``type`` for the ``harbor``
-    layout and ``queue`` for ``rq`` and ``celery``):
+    layout and ``queue`` for ``rq``, ``celery`` and ``arq``):
 
     - ``harbor_task_queue_size``: jobs waiting in the queue;
     - ``harbor_task_queue_latency``: seconds since the oldest waiting job was enqueued
@@ -44,10 +44,12 @@ class RedisExporter(StoreExporter):
             ``redis+sentinel://s1:26379,s2:26379/master/db``), with Harbor's parameters
             such as ``?idle_timeout_seconds=30``; or give ``client``, a ``redis.Redis``
             of your own, instead.
-        layout: ``harbor``, ``rq``, ``celery`` or a :class:`Layout` instance.
+        layout: ``harbor``, ``rq``, ``celery``, ``arq`` or a :class:`Layout` instance.
         key_prefix: the layout's Redis key prefix (``harbor``:
-            ``{harbor_job_service_namespace}``; ``rq``: ``rq``; ``celery``: none).
-        queues: the queues (job types for ``harbor``) to read; discovered when empty.
+            ``{harbor_job_service_namespace}``; ``rq``: ``rq``; ``celery``: none; ``arq``:
+            fixed by arq, none may be given).
+        queues: the queues (job types for ``harbor``) to read; discovered when empty
+            (``arq`` keeps no list of its queues: ``arq:queue`` unless named).
         namespace: metric namespace, ``harbor`` by default (``""`` for none).
         cache_seconds: serve a successful reading for this long before reading again
             (Harbor's exporter caches 23 s); 0 reads at every scrape.
