@@ -163,3 +163,22 @@ def test_past_the_bucket_cap_negative_values_keep_the_upper_quantiles() -> None:
     exact = ordered[math.floor(0.99 * (len(ordered) - 1))]
     # The lowest values are folded; the top ones keep the guarantee (it was 3e19x off).
     assert abs(s.quantile(0.99) - exact) <= s.relative_accuracy * abs(exact)
+
+
+def test_the_guarantee_holds_at_both_ends_of_the_float_range() -> None:
+    """The largest floats report within a' (not +inf or the largest float), and denormals
+    within a' plus half the spacing of floats there (a reported value is a float)."""
+    import math
+    import sys
+
+    rng = random.Random(7)
+    top = [rng.uniform(8.9e307, sys.float_info.max) for _ in range(2000)] + [
+        sys.float_info.max]
+    tiny = [math.exp(rng.uniform(math.log(5e-324), math.log(2.2e-308)))
+            for _ in range(2000)] + [5e-324, 1e-320]
+    for v in top + tiny + [-v for v in top + tiny]:
+        s = QuantileSketch()
+        s.add(v)
+        got = s.quantile(0.5)
+        assert math.isfinite(got)
+        assert abs(got - v) <= s.accuracy * abs(v) + 2.5e-324, v

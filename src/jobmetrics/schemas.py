@@ -118,6 +118,24 @@ def fast_index(magnitude: float, schema: int, inv_log_base: float) -> int:
     return index(magnitude, schema)
 
 
+def representative(k: int, schema: int) -> float:
+    """The value bucket ``k`` of ``schema`` reports, ``2 * base**k / (base + 1)`` (the
+    point of the bucket whose relative distance to both bounds is the same), capped at
+    the largest float. Computed as a mantissa in [1, 2) scaled by ``ldexp``: ``base**k``
+    itself would overflow for the top buckets, and underflow into a denormal (losing
+    bits before the factor is applied) for the bottom ones."""
+    base = 2.0 ** (2.0 ** -schema)
+    if schema > 0:
+        e, r = divmod(k, 1 << schema)
+        mantissa = 2.0 / (base + 1.0) * 2.0 ** (r / (1 << schema))
+    else:
+        e, mantissa = k << -schema, 2.0 / (base + 1.0)
+    try:
+        return min(math.ldexp(mantissa, e), _MAX_FLOAT)
+    except OverflowError:  # the bucket of the largest floats
+        return _MAX_FLOAT
+
+
 def downscale(buckets: Mapping[int, float], schema: int, to: int) -> Dict[int, float]:
     """The counts of ``buckets`` (of ``schema``) in schema ``to`` (``<= schema``)."""
     shift = schema - to

@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Dict, List, Tuple
 
-from .schemas import accuracy, fast_index, inverse_log_base, schema_for
+from .schemas import accuracy, fast_index, inverse_log_base, representative, schema_for
 
 __all__ = ["DEFAULT_MAX_BUCKETS", "DEFAULT_RELATIVE_ACCURACY", "QuantileSketch"]
 
@@ -166,12 +166,7 @@ class QuantileSketch:
         return len(self._pos) + len(self._neg) + (1 if self.zero_count else 0)
 
     def _value(self, k: int) -> float:
-        try:
-            # The factor first: 2 * gamma**k overflows for buckets near the largest float
-            # whose representative value does not.
-            return min(2.0 / (self.gamma + 1.0) * float(self.gamma ** k), _MAX_FLOAT)
-        except OverflowError:  # the bucket of the largest floats
-            return _MAX_FLOAT
+        return representative(k, self.schema)
 
     def _ordered(self) -> List[Tuple[float, int]]:
         # (representative value, count) in increasing value order.
