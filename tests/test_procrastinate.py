@@ -21,7 +21,7 @@ from procrastinate.exceptions import JobAborted
 from prometheus_client import CollectorRegistry
 
 import jobmetrics.procrastinate
-from jobmetrics import JobMetrics
+from jobmetrics import JobMetrics, Stopped
 from pg_support import PostgresServer
 from promcheck import promtool_check, samples, scrape
 from servers import free_port, get, wait_http
@@ -139,6 +139,10 @@ def test_in_process_shutdown_schedule_and_explicit_middlewares(
     def ok() -> str:
         return "ok"
 
+    @app.task(name="halt", queue="sched")
+    def halt() -> None:
+        raise Stopped("nothing to do")
+
     seen: List[str] = []
 
     async def user_mw(call_next: Any, context: Any, worker: Any) -> Any:
@@ -155,13 +159,14 @@ def test_in_process_shutdown_schedule_and_explicit_middlewares(
                 seconds=5)
             await ok.configure(schedule_at=past).defer_async()
             await ok.defer_async()
+            await halt.defer_async()
             # An explicit worker_middleware list (replacing worker_defaults') with a
             # second JobMetricsMiddleware of the same metrics: each job counted once.
             await app.run_worker_async(
                 queues=["sched"], wait=False, install_signal_handlers=False,
                 listen_notify=False,
                 worker_middleware=[user_mw, jobmetrics.procrastinate.JobMetricsMiddleware(m)])
-            assert seen == ["ok", "ok"]
+            assert seen == ["ok", "ok", "halt"]
 
             await hold.defer_async()
             run = asyncio.ensure_future(app.run_worker_async(
@@ -177,6 +182,8 @@ def test_in_process_shutdown_schedule_and_explicit_middlewares(
     got = samples(text)
     assert total(got, "ok", "success") == 2
     assert total(got, "hold", "stop") == 1
+    assert total(got, "halt", "stop") == 1
+    assert total(got, "halt", "fail") == 0
     assert gauge(got, "running_task", "hold") == 0
     assert gauge(got, "running_task", "ok") == 0
     assert waits(got, "sched") == 1  # only the scheduled one
