@@ -274,3 +274,28 @@ def test_example_procrastinate_worker(pg_server: PostgresServer) -> None:
     assert 'task_total{status="fail",type="send_mail"} 1.0' in out
     assert 'task_total{status="success",type="send_mail"} 1.0' in out
     assert 'task_retries_total{type="send_mail"} 1.0' in out
+
+
+def test_middleware_passes_through_when_disabled_or_broken() -> None:
+    """No metrics (enabled=False) or a context it cannot read: the job runs, unchanged."""
+    from types import SimpleNamespace
+
+    async def call_next() -> str:
+        return "result"
+
+    async def failing() -> None:
+        raise KeyError("from the task")
+
+    off = jobmetrics.procrastinate.JobMetricsMiddleware(JobMetrics(enabled=False))
+    ctx = SimpleNamespace(job=SimpleNamespace(task_name="t", scheduled_at=None, queue="q"),
+                          app=SimpleNamespace(tasks={}))
+    assert asyncio.run(off(call_next, ctx, None)) == "result"
+    registry = CollectorRegistry()
+    on = jobmetrics.procrastinate.JobMetricsMiddleware(
+        JobMetrics(registry=registry, multiprocess_dir=""))
+    assert asyncio.run(on(call_next, object(), None)) == "result"  # no .job: not counted
+    with pytest.raises(KeyError, match="from the task"):
+        asyncio.run(on(failing, ctx, None))
+    got = samples(scrape(registry))
+    assert total(got, "t", "fail") == 1
+    assert gauge(got, "running_task", "t") == 0
