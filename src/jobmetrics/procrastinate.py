@@ -292,7 +292,10 @@ def _starting(app: Any, run_worker_async: Callable[..., Awaitable[None]], m: Job
                 kwargs["worker_middleware"] = [mw, *given]
         else:
             try:
-                app.perform_import_paths()
+                app.perform_import_paths()  # as the worker does next: tasks of import_paths
+            except Exception as exc:
+                _errors.report("procrastinate import paths", exc)
+            try:
                 _wrap_tasks(app, recorder)
             except Exception as exc:
                 _errors.report("procrastinate task wrapping", exc)
