@@ -31,8 +31,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _errors
-from .core import JobMetrics, default_metrics
-from .settings import check_int, env_addr, env_port
+from .core import JobMetrics, resolve_metrics
+from .settings import env_addr, serve_port
 from .state import STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import call_as_outer, status_of
 
@@ -229,14 +229,8 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     ``$JOBMETRICS_PORT``; none: do not serve) serves ``/metrics`` from now until the
     scheduler shuts down, on ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
     """
-    if metrics is None:
-        metrics = default_metrics()
-    elif not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    if port is not None:
-        check_int("port", port, 0, 65535)
-    else:
-        port = env_port()
+    metrics = resolve_metrics(metrics)
+    port = serve_port(port)
     try:
         from apscheduler.schedulers.base import BaseScheduler
     except ImportError:  # pragma: no cover - 4.x has no such module

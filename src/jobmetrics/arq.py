@@ -29,8 +29,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
 from arq.worker import Function, Retry, func
 
 from . import _errors
-from .core import JobMetrics, default_metrics
-from .settings import check_int, env_addr, env_port
+from .core import JobMetrics, resolve_metrics
+from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -128,14 +128,8 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     do not serve) serves ``/metrics`` from the worker as it starts (``on_startup``), on
     ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
     """
-    if metrics is None:
-        metrics = default_metrics()
-    elif not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    if port is not None:
-        check_int("port", port, 0, 65535)
-    else:
-        port = env_port()
+    metrics = resolve_metrics(metrics)
+    port = serve_port(port)
     from arq.worker import Worker
 
     m = metrics

@@ -28,9 +28,9 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from . import _errors
-from .core import JobMetrics, default_metrics
+from .core import JobMetrics, check_metrics, default_metrics
 from .forking import ensure_directory, fold_own_file
-from .settings import check_int, env_addr, env_port
+from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["Instrumentation", "instrument"]
@@ -267,12 +267,8 @@ def instrument(app: Any, metrics: Optional[JobMetrics] = None, *,
     from celery import signals
     from kombu.utils.imports import symbol_by_name
 
-    if metrics is not None and not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    if port is not None:
-        check_int("port", port, 0, 65535)
-    else:
-        port = env_port()
+    check_metrics(metrics)
+    port = serve_port(port)
     if not hasattr(app, "Task") or not hasattr(app, "conf"):
         raise TypeError(f"app must be a Celery app, got {type(app).__name__}")
     task_cls = app.Task

@@ -584,20 +584,24 @@ def default_metrics() -> JobMetrics:
 def set_default_metrics(metrics: Optional[JobMetrics]) -> None:
     """Make ``metrics`` the process-wide default (``None``: create anew on next use)."""
     global _default
-    if metrics is not None and not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
+    check_metrics(metrics)
     with _default_lock:
         _default = metrics
+
+
+def check_metrics(metrics: Optional[JobMetrics]) -> Optional[JobMetrics]:
+    """``metrics`` unchanged, ``None`` included (for an integration that resolves the
+    default later); ``TypeError`` for anything that is not a :class:`JobMetrics`."""
+    if metrics is not None and not isinstance(metrics, JobMetrics):
+        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
+    return metrics
 
 
 def resolve_metrics(metrics: Optional[JobMetrics]) -> JobMetrics:
     """``metrics``, or the process-wide default when ``None`` (``TypeError`` for
     anything that is not a :class:`JobMetrics`)."""
-    if metrics is None:
-        return default_metrics()
-    if not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    return metrics
+    checked = check_metrics(metrics)
+    return default_metrics() if checked is None else checked
 
 
 def make_wsgi_app(metrics: Optional[JobMetrics] = None) -> Callable[..., Any]:

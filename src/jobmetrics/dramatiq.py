@@ -36,9 +36,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from dramatiq.middleware import Middleware
 
 from . import _errors
-from .core import JobMetrics, default_metrics
+from .core import JobMetrics, check_metrics, default_metrics
 from .forking import fold_own_file, needs_directory, record_into
-from .settings import check_int, env_addr, env_port
+from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["JobMetricsMiddleware"]
@@ -108,12 +108,8 @@ class JobMetricsMiddleware(Middleware):
 
     def __init__(self, metrics: Optional[JobMetrics] = None, *,
                  port: Optional[int] = None) -> None:
-        if metrics is not None and not isinstance(metrics, JobMetrics):
-            raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-        if port is not None:
-            check_int("port", port, 0, 65535)
-        else:
-            port = env_port()
+        check_metrics(metrics)
+        port = serve_port(port)
         self._metrics = metrics
         self.port = port
         #: The directory this worker process records into, when it made or found one.

@@ -35,8 +35,8 @@ import threading
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from . import _errors
-from .core import JobMetrics, default_metrics
-from .settings import check_int, env_addr, env_port
+from .core import JobMetrics, resolve_metrics
+from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -50,14 +50,6 @@ CallNext = Callable[[], Awaitable[Any]]
 #: worker's chain (instrument() and a hand-made list) passes it through: counted once.
 _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "jobmetrics_procrastinate_recording", default=False)
-
-
-def _check_metrics(metrics: Optional[JobMetrics]) -> JobMetrics:
-    if metrics is None:
-        return default_metrics()
-    if not isinstance(metrics, JobMetrics):
-        raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-    return metrics
 
 
 class _Recorder:
@@ -98,7 +90,7 @@ class JobMetricsMiddleware:
     """
 
     def __init__(self, metrics: Optional[JobMetrics] = None) -> None:
-        self._recorder = _Recorder(_check_metrics(metrics))
+        self._recorder = _Recorder(resolve_metrics(metrics))
 
     async def __call__(self, call_next: CallNext, context: Any, worker: Any) -> Any:
         """Run the job (``call_next()``) and record its run under its task's name."""
@@ -244,11 +236,8 @@ def instrument(app: Any, metrics: Optional[JobMetrics] = None, *,
     (``run_worker``, ``run_worker_async``, the ``procrastinate worker`` command) until
     the process exits. Calling it twice on one app raises ``ValueError``.
     """
-    m = _check_metrics(metrics)
-    if port is not None:
-        check_int("port", port, 0, 65535)
-    else:
-        port = env_port()
+    m = resolve_metrics(metrics)
+    port = serve_port(port)
     from procrastinate import App
 
     if not isinstance(app, App):

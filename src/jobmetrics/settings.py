@@ -87,6 +87,15 @@ def env_port(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
     return None if not raw else parse_port("JOBMETRICS_PORT", raw)
 
 
+def serve_port(port: Optional[int]) -> Optional[int]:
+    """The port a job-framework integration serves ``/metrics`` on: ``port`` when given
+    (``TypeError``/``ValueError`` unless it is one), else :func:`env_port`."""
+    if port is None:
+        return env_port()
+    check_int("port", port, 0, 65535)
+    return port
+
+
 def env_addr(default: str) -> str:
     """``$JOBMETRICS_ADDR`` when set, else ``default``."""
     return os.environ.get("JOBMETRICS_ADDR") or default
