@@ -69,7 +69,8 @@ class LabelPolicy:
         if method not in METHODS:
             method = OTHER_METHOD
         key = (method, code, operation)
-        if self._budget.admits(key):
+        budget = self._budget
+        if key in budget.seen or budget.admits(key):
             return key
         return method, code, OVERFLOW
 

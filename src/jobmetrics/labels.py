@@ -57,8 +57,8 @@ class Budget:
     (:mod:`jobmetrics.multiprocess.budgets`), so recycled workers do not multiply it.
     ``name`` tells budgets apart there (the family they bound)."""
 
-    __slots__ = ("__weakref__", "_lock", "_seen", "_shared", "_store", "_warned", "hint",
-                 "limit", "name", "what")
+    __slots__ = ("__weakref__", "_lock", "_shared", "_store", "_warned", "hint", "limit",
+                 "name", "seen", "what")
 
     def __init__(self, what: str, limit: int, store: object = None, name: str = "",
                  hint: str = f"new ones are recorded as {OVERFLOW!r} (raise max_series, or "
@@ -68,7 +68,8 @@ class Budget:
         self.name = name or what
         self.hint = hint
         self._store = store
-        self._seen: Set[BudgetKey] = set()
+        #: The keys admitted by this process (a hot path may test ``key in seen`` first).
+        self.seen: Set[BudgetKey] = set()
         self._shared: Optional[SharedList] = None
         self._lock = threading.Lock()
         self._warned = False
@@ -76,13 +77,13 @@ class Budget:
 
     def admits(self, key: BudgetKey) -> bool:
         """Whether ``key`` may be recorded as it is."""
-        if key in self._seen:
+        if key in self.seen:
             return True
         with self._lock:
-            if key in self._seen:
+            if key in self.seen:
                 return True
             if self._room(key):
-                self._seen.add(key)
+                self.seen.add(key)
                 return True
             if not self._warned:
                 self._warned = True
@@ -106,7 +107,7 @@ class Budget:
                 shared.broken = True
                 if shared.full:
                     return False
-        return len(self._seen) < self.limit
+        return len(self.seen) < self.limit
 
     def _shared_list(self) -> Optional[SharedList]:
         directory = getattr(self._store, "directory", None)
@@ -123,9 +124,9 @@ class Budget:
         """The store was re-opened (this process forked, or it moved into a directory):
         what this process admitted so far goes into the shared list."""
         shared = self._shared_list()
-        if shared is not None and self._seen:
+        if shared is not None and self.seen:
             try:
-                shared.add_all(list(self._seen))
+                shared.add_all(list(self.seen))
             except (OSError, ValueError) as exc:
                 _errors.report(f"series budget in {shared.directory!r}", exc)
                 shared.broken = True
