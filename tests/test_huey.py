@@ -458,6 +458,51 @@ def test_in_process_consumer_and_bad_arguments() -> None:
         del os.environ["JOBMETRICS_PORT"]
 
 
+def test_scrape_never_waits_long_for_a_stalled_redis(redis_server: RedisServer) -> None:
+    """``queue_size`` is read off the scrape's thread: while Redis sleeps (``DEBUG
+    SLEEP``) a scrape takes about ``BACKLOG_WAIT`` and shows the last value read. A
+    ``Consumer`` made directly, attached by hand."""
+    from huey import RedisHuey
+    from huey.consumer import Consumer as HueyConsumer
+    from prometheus_client import CollectorRegistry
+
+    import jobmetrics.huey
+    from jobmetrics import JobMetrics
+    from promcheck import value
+
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, process_collectors=False)
+    huey = RedisHuey("stall", url=redis_server.url(0))
+    inst = jobmetrics.huey.instrument(huey, metrics=m)
+
+    @huey.task()
+    def waits() -> None:
+        pass
+
+    for _ in range(2):
+        waits()
+    consumer = inst.attach(HueyConsumer(huey, workers=0, periodic=False))
+    assert inst.attach(consumer) is consumer            # once
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    consumer.start()                                     # no workers: the tasks wait
+    try:
+        assert value(registry, P + "queue_size", queue="stall") == 2
+        sleeper = threading.Thread(
+            target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "1.5"))
+        sleeper.start()
+        time.sleep(0.3)                                  # the server is asleep now
+        t0 = time.monotonic()
+        assert value(registry, P + "queue_size", queue="stall") == 2
+        took = time.monotonic() - t0
+        assert took + 0.05 >= jobmetrics.huey.BACKLOG_WAIT and took < 1.5, took
+        sleeper.join(10)
+        assert value(registry, P + "queue_size", queue="stall") == 2
+    finally:
+        consumer.stop()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
 def finished(got: Got, type: str) -> float:
     """Units of work ended for good: successes, and failures not retried."""
     return statuses(got, type)[0] + statuses(got, type)[1] - max(retries(got, type), 0)

@@ -257,7 +257,8 @@ class Instrumentation:
         started) give process workers a multi-process directory before they fork, serve
         ``/metrics`` when a port is set, and report the queue's size. Consumers made by
         ``huey.create_consumer()`` (``huey_consumer``, ``run_huey``) are attached
-        already. Returns ``consumer``."""
+        already. Returns ``consumer``; ``ValueError`` for a consumer of another Huey
+        instance."""
         if getattr(consumer, "huey", None) is not self.huey:
             raise ValueError("consumer must be a Consumer of the instrumented Huey instance")
         if getattr(consumer, "_jobmetrics_attached", False):
