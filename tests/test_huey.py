@@ -334,6 +334,29 @@ def test_process_worker_interrupted_is_stop(consumer: Consumer) -> None:
     promtool_check(text)
 
 
+def test_process_worker_killed_mid_task_leaves_no_running(consumer: Consumer) -> None:
+    """A worker process killed (SIGKILL) mid-task sends no signal: its running count
+    leaves with it (gauges are summed over live processes); the other worker goes on."""
+    if consumer.kind != "process":
+        pytest.skip("a thread cannot be killed alone")
+    a, tmp = consumer.app, consumer.tmp
+    started, release = tmp / "killed", tmp / "release-killed"
+    started.mkdir()
+    _, before = consumer.scrape(lambda g: True)
+    a.hold(str(started), str(release))
+    (pid,) = wait_files(started, 1)
+    consumer.scrape(lambda g: gauge(g, "running_task", "hold") == 1)
+    os.kill(pid, signal.SIGKILL)
+    text, got = consumer.scrape(lambda g: gauge(g, "running_task", "hold") == 0)
+    assert gauge(got, "running_task", "hold") == 0
+    assert statuses(got, "hold") == statuses(before, "hold")
+    ok_before = statuses(got, "ok")[0]
+    a.ok()
+    text, got = consumer.scrape(lambda g: statuses(g, "ok")[0] == ok_before + 1)
+    assert statuses(got, "ok")[0] == ok_before + 1
+    promtool_check(text)
+
+
 def jm_dirs(consumer: Consumer) -> List[str]:
     return [d for d in os.listdir(consumer.tmp / "tmpdir") if d.startswith("jobmetrics-")]
 
@@ -501,6 +524,61 @@ def test_scrape_never_waits_long_for_a_stalled_redis(redis_server: RedisServer) 
         consumer.stop()
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+def test_disabled_metrics_record_nothing_and_change_nothing() -> None:
+    from huey import MemoryHuey
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import jobmetrics.huey
+    from jobmetrics import JobMetrics
+
+    registry = CollectorRegistry()
+    m = JobMetrics(registry=registry, enabled=False)
+    huey = MemoryHuey("off", immediate=True)
+    jobmetrics.huey.instrument(huey, metrics=m)
+
+    @huey.task()
+    def double(x: int) -> int:
+        return 2 * x
+
+    @huey.task()
+    def broken() -> None:
+        raise KeyError("x")
+
+    assert double(21).get() == 42
+    from huey.exceptions import TaskException
+
+    with pytest.raises(TaskException, match="KeyError"):
+        broken().get()
+    assert "task_total" not in generate_latest(registry).decode()
+
+
+def test_a_failure_while_recording_never_reaches_the_task(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from huey import MemoryHuey
+    from prometheus_client import CollectorRegistry
+
+    import jobmetrics.huey
+    from jobmetrics import JobMetrics
+
+    m = JobMetrics(registry=CollectorRegistry(), process_collectors=False)
+    huey = MemoryHuey("broken-metrics", immediate=True)
+    jobmetrics.huey.instrument(huey, metrics=m)
+
+    def fails(task_type: str) -> None:
+        raise RuntimeError("metrics broke")
+
+    monkeypatch.setattr(m, "task_series", fails)
+
+    @huey.task()
+    def double(x: int) -> int:
+        return 2 * x
+
+    with caplog.at_level("ERROR", logger="jobmetrics"):
+        assert double(21).get() == 42
+    assert "recording failed in huey signal executing" in caplog.text
+    assert "huey" not in [r.name for r in caplog.records]   # Huey saw no failing receiver
 
 
 def finished(got: Got, type: str) -> float:
