@@ -13,8 +13,9 @@ greenlet or process that runs the task, in this order (``Huey.execute``/``_execu
   ``locked`` (``lock_task`` was held), ``rate-limited`` and ``interrupted`` (the worker
   shutting down) (``stop``); an attempt Huey will retry (``task.retries`` left when the
   signal fires, as Huey decides it right after) is ``fail`` whatever ended it, and
-  ``task_retries_total`` +1; a ``RetryTask`` sends only ``retrying``, which ends the run
-  as ``fail`` and +1;
+  ``task_retries_total`` +1 (a pre-execute hook's ``CancelExecution`` is never retried:
+  told by the hook's frame in the exception's traceback); a ``RetryTask`` sends only
+  ``retrying``, which ends the run as ``fail`` and +1;
 - ``revoked`` and ``expired`` fire instead of ``executing``: the task is skipped, a
   ``stop`` with a 0 s run time that never moves ``running_task``.
 
