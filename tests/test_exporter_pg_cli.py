@@ -120,7 +120,7 @@ PG = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:5432/db"
         (["--url", PG + "?bogus=1"], {}, 'invalid URI query parameter: "bogus"'),
         (["--url", "postgresql://u:pw@h:port/db"], {}, "port 'port' is not a port number"),
         (["--layout", "sidekiq"], {}, "'sidekiq' is not a layout: choose one of harbor, rq, "
-         "celery, procrastinate, pgqueuer, django-q2"),
+         "celery, arq, procrastinate, pgqueuer, django-q2"),
     ],
 )
 def test_bad_option_is_one_line_and_exit_2(
