@@ -85,9 +85,11 @@ def alive():
             return True
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode() == start
-    except (OSError, IndexError):
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
         return False
+    # An exited main process its parent has not reaped yet is a zombie: gone.
+    return len(fields) > 19 and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
 
 try:
     fd = os.pidfd_open(pid)
@@ -137,10 +139,13 @@ def _start_directory(main_pid: int) -> Tuple[str, bool]:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise ValueError(f"{path!r} exists and is not a directory of this user's")
     if made:
-        _janitors.append(subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _JANITOR, str(main_pid), start, path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=True, start_new_session=True))
+        try:
+            _janitors.append(subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _JANITOR, str(main_pid), start, path],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True))
+        except Exception as exc:  # the directory is used all the same, and left behind
+            _errors.report("taskiq janitor", exc)
     return path, made
 
 
