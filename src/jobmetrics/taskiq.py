@@ -22,7 +22,7 @@ with it (a dead process's gauges leave every scrape). An inner ``@m.task`` takes
 over (the run is an outer run in the receiver's task, whose context the task function
 runs in, or a copy of it for a sync function in the thread pool).
 
-``taskiq worker module:broker --workers N`` forks N worker processes from a main process
+``taskiq worker module:broker --workers N`` starts N worker processes from a main process
 that imports neither the broker nor the tasks (each worker imports them), so no code of
 ours runs before the fork. The worker processes of one start find the same fresh
 directory, named after the main process and its start time (a restart never mixes with
@@ -271,9 +271,13 @@ class JobMetricsMiddleware(TaskiqMiddleware):
             # A process forked from this one (a --use-process-pool worker) must not
             # keep the lock once this one is gone.
             os.register_at_fork(after_in_child=functools.partial(_close, fd))
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            _errors.report("taskiq metrics endpoint", exc)
+            return
         if not self._serve():
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # let another process try
 
     def shutdown(self) -> None:
         """The broker shuts down: in a worker process, runs still going are ``stop``
