@@ -83,3 +83,48 @@ def test_worker_directory_is_fresh_and_removed_by_its_process_only() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.path.isdir(a) and os.path.isdir(b)
+
+
+def test_one_process_serves_and_another_takes_over_when_it_dies(tmp_path: Path) -> None:
+    import multiprocessing
+    import signal
+    import threading
+
+    from jobmetrics.forking import serve_when_locked, start_directory
+
+    path, made = start_directory("test", os.getpid())
+    try:
+        assert made and os.stat(path).st_mode & 0o777 == 0o700
+        assert start_directory("test", os.getpid()) == (path, False)  # found, not made
+        ctx = multiprocessing.get_context("fork")
+        holding = ctx.Event()
+
+        def holder() -> None:
+            serve_when_locked(path, lambda: holding.set() or True, "test")
+            holding.wait(10)
+            signal.pause()
+
+        p = ctx.Process(target=holder)
+        p.start()
+        assert holding.wait(10)
+        served = threading.Event()
+        serve_when_locked(path, lambda: served.set() or True, "test")
+        assert not served.wait(0.3)  # the holder serves; this one waits
+        os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        p.join(10)
+        assert served.wait(10)  # took over
+    finally:
+        import shutil
+
+        shutil.rmtree(path)
+    import tempfile
+
+    # A link planted where a start's directory will be is never used.
+    planted = Path(tempfile.gettempdir()) / f"jobmetrics-test-{os.getuid()}-{1 << 30}-"
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(tmp_path)
+    try:
+        with pytest.raises(ValueError, match="not a directory of this user's"):
+            start_directory("test", 1 << 30)  # no such pid: no start time, name ends "-"
+    finally:
+        planted.unlink()

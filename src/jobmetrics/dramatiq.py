@@ -14,21 +14,19 @@ directory, named after the main process and its start time (so a restart never m
 with the last one), make it if needed, and record into it (:mod:`jobmetrics.forking`); a
 small process the main process runs for the middleware (its ``forks``) removes it when
 the main process stops. With ``port=`` or ``$JOBMETRICS_PORT`` one worker process (the
-first to take the directory's serving lock) serves ``/metrics`` for all of them, on
-``$JOBMETRICS_ADDR`` when set. A worker run in your own process (``Worker(broker)``)
+holder of the directory's serving lock) serves ``/metrics`` for all of them, on
+``$JOBMETRICS_ADDR`` when set; the others wait for the lock, so another takes over if it
+dies. A worker run in your own process (``Worker(broker)``)
 records into its metrics as they are.
 """
 
 from __future__ import annotations
 
 import contextvars
-import fcntl
 import multiprocessing
 import os
 import shutil
-import stat
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -37,46 +35,17 @@ from dramatiq.middleware import Middleware
 
 from . import _errors
 from .core import JobMetrics, check_metrics, default_metrics
-from .forking import fold_own_file, needs_directory, record_into
+from .forking import fold_own_file, needs_directory, record_into, serve_when_locked, start_directory
 from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["JobMetricsMiddleware"]
 
 UNKNOWN = "unknown"
-_SERVE_LOCK = "jobmetrics-serve.lock"
 # Exceptions that stop a run on purpose (dramatiq-abort's Abort, a cancellation).
 _STOPPED = ("Abort", "Abortable", "CancelledError")
 
 _Run = Tuple[OuterRun, "contextvars.Token[Optional[OuterRun]]", float]
-
-
-def _start_time(pid: int) -> str:
-    """The start time of ``pid`` in clock ticks since boot (``/proc``), or ``""``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
-
-
-def _main_directory(main_pid: int) -> str:
-    """The directory of the start of the Dramatiq main process ``main_pid``."""
-    name = f"jobmetrics-dramatiq-{os.getuid()}-{main_pid}-{_start_time(main_pid)}"
-    return os.path.join(tempfile.gettempdir(), name)
-
-
-def _make_private(path: str) -> str:
-    """Make ``path`` (mode 0700), or check that the one there is ours: a directory, not a
-    link, owned by this user."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ValueError(f"{path!r} exists and is not a directory of this user's")
-    return path
 
 
 def _under_cli() -> bool:
@@ -87,7 +56,7 @@ def _under_cli() -> bool:
 def _janitor() -> int:
     """The process the Dramatiq main process runs for this middleware: it removes the
     start's directory when the main process stops it (SIGTERM) or exits."""
-    directory = _main_directory(os.getppid())
+    directory, _ = start_directory("dramatiq", os.getppid())
     try:
         while os.getppid() != 1:
             time.sleep(1)
@@ -116,7 +85,7 @@ class JobMetricsMiddleware(Middleware):
         self.directory: Optional[str] = None
         #: ``(server, thread)`` when this process serves ``/metrics``.
         self.server: Optional[Tuple[Any, threading.Thread]] = None
-        self._serve_fd: Optional[int] = None
+        self._serving: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._runs: Dict[str, List[_Run]] = {}
         self._pending: Dict[str, TaskState] = {}
@@ -140,28 +109,29 @@ class JobMetricsMiddleware(Middleware):
     def after_process_boot(self, broker: Any) -> None:
         try:
             if _under_cli() and needs_directory(self.metrics):
-                path = _make_private(_main_directory(os.getppid()))
+                path, _ = start_directory("dramatiq", os.getppid())
                 record_into(self.metrics, path)
                 self.directory = path
         except Exception as exc:
             _errors.report("dramatiq process boot", exc)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        if self.port is None or self.server is not None:
+        if self.port is None or self.server is not None or self._serving is not None:
             return
-        m = self.metrics
-        if self.directory is not None:
-            # One process of the start serves, the one that holds the lock.
-            fd = os.open(os.path.join(self.directory, _SERVE_LOCK), os.O_RDWR | os.O_CREAT,
-                         0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return
-            self._serve_fd = fd
-        addr = env_addr(m.addr)
-        self.server = m.start_http_server(self.port, addr=addr)
+        if self.directory is None:
+            self._serve()
+        else:
+            self._serving = serve_when_locked(self.directory, self._serve,
+                                              "dramatiq metrics endpoint")
+
+    def _serve(self) -> bool:
+        try:
+            m = self.metrics
+            self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
+            return True
+        except Exception as exc:
+            _errors.report("dramatiq metrics endpoint", exc)
+            return False
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         fold_own_file(self.directory, "dramatiq worker shutdown")

@@ -40,14 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import fcntl
 import functools
 import multiprocessing
-import os
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from time import perf_counter
 from typing import Any, List, Optional, Set, Tuple
@@ -55,16 +51,22 @@ from typing import Any, List, Optional, Set, Tuple
 from taskiq import AsyncBroker, NoResultError, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from . import _errors
-from .core import JobMetrics, default_metrics
-from .forking import fold_own_file, needs_directory, record_into
-from .settings import check_int, env_addr, env_port
+from .core import JobMetrics, check_metrics, default_metrics
+from .forking import (
+    fold_own_file,
+    needs_directory,
+    record_into,
+    serve_when_locked,
+    start_directory,
+    start_time,
+)
+from .settings import env_addr, serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
 __all__ = ["JobMetricsMiddleware", "instrument"]
 
 UNKNOWN = "unknown"
-_SERVE_LOCK = "jobmetrics-serve.lock"
 
 # The janitor: a process of its own (stdlib only, no inherited descriptors) that waits
 # for the main process of the start to exit, then removes the start's directory.
@@ -104,15 +106,6 @@ shutil.rmtree(path, ignore_errors=True)
 _janitors: List[subprocess.Popen[bytes]] = []
 
 
-def _start_time(pid: int) -> str:
-    """The start time of ``pid`` in clock ticks since boot (``/proc``), or ``""``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
-
-
 def _under_cli() -> Optional[int]:
     """The pid of the ``taskiq worker`` main process when this is one of its worker
     processes, else ``None``."""
@@ -124,29 +117,20 @@ def _under_cli() -> Optional[int]:
     return parent.pid
 
 
-def _start_directory(main_pid: int) -> Tuple[str, bool]:
-    """The directory of the start of the main process ``main_pid`` (mode 0700, checked
-    to be this user's own directory, not a link) and whether this call made it."""
-    start = _start_time(main_pid)
-    name = f"jobmetrics-taskiq-{os.getuid()}-{main_pid}-{start}"
-    path = os.path.join(tempfile.gettempdir(), name)
-    try:
-        os.mkdir(path, 0o700)
-        made = True
-    except FileExistsError:
-        made = False
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ValueError(f"{path!r} exists and is not a directory of this user's")
+def _start_directory(main_pid: int) -> str:
+    """The directory of the start of the main process ``main_pid``; the process that
+    makes it also starts its janitor."""
+    path, made = start_directory("taskiq", main_pid)
     if made:
         try:
             _janitors.append(subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _JANITOR, str(main_pid), start, path],
+                [sys.executable, "-I", "-S", "-c", _JANITOR, str(main_pid),
+                 start_time(main_pid), path],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True))
         except Exception as exc:  # the directory is used all the same, and left behind
             _errors.report("taskiq janitor", exc)
-    return path, made
+    return path
 
 
 class _Run:
@@ -196,12 +180,8 @@ class JobMetricsMiddleware(TaskiqMiddleware):
     def __init__(self, metrics: Optional[JobMetrics] = None, *,
                  port: Optional[int] = None) -> None:
         super().__init__()
-        if metrics is not None and not isinstance(metrics, JobMetrics):
-            raise TypeError(f"metrics must be a JobMetrics, got {type(metrics).__name__}")
-        if port is not None:
-            check_int("port", port, 0, 65535)
-        else:
-            port = env_port()
+        check_metrics(metrics)
+        port = serve_port(port)
         self._metrics = metrics
         self.port = port
         #: The directory this worker process records into, when it made or found one.
@@ -234,7 +214,7 @@ class JobMetricsMiddleware(TaskiqMiddleware):
         try:
             main_pid = _under_cli()
             if main_pid is not None and needs_directory(self.metrics):
-                path, _ = _start_directory(main_pid)
+                path = _start_directory(main_pid)
                 record_into(self.metrics, path)
                 self.directory = path
         except Exception as exc:
@@ -244,10 +224,8 @@ class JobMetricsMiddleware(TaskiqMiddleware):
             if lock_dir is None:
                 self._serve()
             else:
-                self._serving = threading.Thread(
-                    target=self._serve_when_locked, args=(lock_dir,),
-                    name="jobmetrics-taskiq-serve", daemon=True)
-                self._serving.start()
+                self._serving = serve_when_locked(lock_dir, self._serve,
+                                                  "taskiq metrics endpoint")
 
     def _serve(self) -> bool:
         try:
@@ -257,27 +235,6 @@ class JobMetricsMiddleware(TaskiqMiddleware):
         except Exception as exc:
             _errors.report("taskiq metrics endpoint", exc)
             return False
-
-    def _serve_when_locked(self, lock_dir: str) -> None:
-        # One process of the start serves: the one holding the lock; the others wait on
-        # it, and one of them takes over when the holder dies.
-        try:
-            fd = os.open(os.path.join(lock_dir, _SERVE_LOCK), os.O_RDWR | os.O_CREAT,
-                         0o600)
-        except OSError as exc:
-            _errors.report("taskiq metrics endpoint", exc)
-            return
-        if hasattr(os, "register_at_fork"):
-            # A process forked from this one (a --use-process-pool worker) must not
-            # keep the lock once this one is gone.
-            os.register_at_fork(after_in_child=functools.partial(_close, fd))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            _errors.report("taskiq metrics endpoint", exc)
-            return
-        if not self._serve():
-            fcntl.flock(fd, fcntl.LOCK_UN)  # let another process try
 
     def shutdown(self) -> None:
         """The broker shuts down: in a worker process, runs still going are ``stop``
@@ -394,13 +351,6 @@ def _leave(current: contextvars.ContextVar[Optional[_Run]], run: _Run) -> None:
     except (ValueError, RuntimeError):  # pragma: no cover - another context
         current.set(None)
         outer_run.set(None)
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def instrument(broker: AsyncBroker, metrics: Optional[JobMetrics] = None, *,

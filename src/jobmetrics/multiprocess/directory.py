@@ -86,9 +86,10 @@ def _proc_stat(pid: int) -> Optional[Tuple[bytes, int]]:
         return None
 
 
-def own_start() -> int:
-    """This process's start time as :func:`_proc_stat` gives it (0 where unknown)."""
-    stat = _proc_stat(os.getpid())
+def process_start(pid: int) -> int:
+    """The start time of process ``pid`` as :func:`_proc_stat` gives it (0 where
+    unknown)."""
+    stat = _proc_stat(pid)
     return stat[1] if stat is not None else 0
 
 
@@ -255,7 +256,7 @@ class FileStore(Cells):
                     _compact(self.directory, [path])
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            self._file = ValueFile(path, start=own_start())
+            self._file = ValueFile(path, start=process_start(os.getpid()))
             self.values = self._file.values
         except OSError as exc:
             if os.path.isdir(self.directory):  # a removed directory is nobody's to scrape
