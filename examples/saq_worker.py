@@ -57,4 +57,5 @@ if __name__ == "__main__":
     text = generate_latest(jobmetrics.default_metrics().registry).decode()
     print("\n".join(line for line in text.splitlines()
                     if line.startswith(("harbor_jobservice_task_total",
-                                        "harbor_jobservice_task_retries_total"))))
+                                        "harbor_jobservice_task_retries_total"))
+                    and not line.endswith(" 0.0")))

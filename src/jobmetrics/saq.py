@@ -356,8 +356,13 @@ class _Hooks:
                 outer_run.reset(token)
             except (ValueError, RuntimeError):  # pragma: no cover - another context
                 outer_run.set(None)
-            job = ctx.get("job")
-            status, retried = (STOP, False) if job is None else _outcome(job, ctx)
+            status, retried = STOP, False
+            try:
+                job = ctx.get("job")
+                if job is not None:
+                    status, retried = _outcome(job, ctx)
+            except Exception as exc:  # a job not as SAQ makes them: end the run all the same
+                _errors.report("saq job status", exc)
             if retried:
                 run.state.retried()
             run.end(status, start)
