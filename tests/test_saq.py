@@ -236,16 +236,17 @@ def test_every_outcome_counted_once_from_one_endpoint(command: Command) -> None:
 def test_abort_is_stop_and_timeout_is_fail(command: Command) -> None:
     c = command
     aborted, timed = c.tmp / "aborted", c.tmp / "timed"
+    # Past its timeout twice: the first attempt is retried, the second fails for good.
     key, _ = enqueue(c.url, ("forever", {"marker": str(aborted), "timeout": 0}),
-                     ("forever", {"marker": str(timed), "timeout": 1}))
+                     ("forever", {"marker": str(timed), "timeout": 1, "retries": 2}))
     wait_file(aborted)
     wait_file(timed)
     abort(c.url, key)
     text, got = c.scrape(lambda g: total(g, "forever", "stop") == 1
-                         and total(g, "forever", "fail") == 1
+                         and total(g, "forever", "fail") == 2
                          and gauge(g, "running_task", "forever") == 0)
-    assert statuses(got, "forever") == [0, 1, 1]
-    assert got[(P + "task_retries_total", (("type", "forever"),))] == 0
+    assert statuses(got, "forever") == [0, 2, 1]
+    assert got[(P + "task_retries_total", (("type", "forever"),))] == 1
     assert gauge(got, "running_task", "forever") == 0
     promtool_check(text)
 
