@@ -211,7 +211,8 @@ def test_every_outcome_counted_once_from_one_endpoint(command: Command) -> None:
                          and total(g, "inner", "success") == 1
                          and total(g, "inner_sync", "success") == 1
                          and total(g, "sync_ok", "success") == 1
-                         and total(g, WEIRD, "success") == 1)
+                         and total(g, WEIRD, "success") == 1
+                         and queue_size(g) == 0)     # read again within a second
     assert statuses(got, "ok") == [3, 0, 0]
     assert statuses(got, "boom") == [0, 2, 0]
     assert statuses(got, "flaky") == [1, 1, 0]

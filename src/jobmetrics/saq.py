@@ -254,15 +254,18 @@ class _Hooks:
     def _set_up_process(self) -> None:
         self._set_up = True
         m = self.metrics
-        main = _command_main()
-        if main is not None:
-            self._forked = main != os.getpid()
-            if needs_directory(m):
-                path = _make_private(_command_directory(main))
-                record_into(m, path)
-                self.directory = path
-                if not self._forked:
-                    atexit.register(_remove_after_children, path, os.getpid())
+        try:
+            main = _command_main()
+            if main is not None:
+                self._forked = main != os.getpid()
+                if needs_directory(m):
+                    path = _make_private(_command_directory(main))
+                    record_into(m, path)
+                    self.directory = path
+                    if not self._forked:
+                        atexit.register(_remove_after_children, path, os.getpid())
+        except Exception as exc:  # this process records into its memory
+            _errors.report("saq worker directory", exc)
         if self.port is not None and not self._forked:
             try:
                 self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
