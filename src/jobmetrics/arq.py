@@ -24,13 +24,14 @@ import asyncio
 import dataclasses
 import time
 from datetime import timedelta
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from arq.worker import Function, Retry, func
 
 from . import _errors
 from .core import JobMetrics, resolve_metrics
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
+from .settings import serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -172,16 +173,11 @@ StartupHook = Callable[[Dict[Any, Any]], Awaitable[Any]]
 
 
 def _serving(hook: Optional[StartupHook], m: JobMetrics, port: int) -> StartupHook:
-    served: List[Union[Tuple[Any, Any], None]] = []
+    endpoint = WorkerEndpoint(m, port)
 
     async def on_startup(ctx: Dict[Any, Any]) -> None:
-        if not served:
-            try:
-                addr = env_addr(m.addr)
-                served.append(m.start_http_server(port, addr=addr))
-                ctx["jobmetrics_server"] = served[0]
-            except Exception as exc:
-                _errors.report("arq metrics endpoint", exc)
+        if endpoint.serve("arq metrics endpoint"):
+            ctx["jobmetrics_server"] = endpoint.server
         if hook is not None:
             await hook(ctx)
 

@@ -28,9 +28,9 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from . import _errors
-from .core import JobMetrics, check_metrics, default_metrics
+from .core import JobMetrics
 from .forking import ensure_directory, fold_own_file
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["Instrumentation", "instrument"]
@@ -53,36 +53,23 @@ _runs_here: contextvars.ContextVar[Tuple[_Run, ...]] = contextvars.ContextVar(
     "jobmetrics_celery_runs", default=())
 
 
-class Instrumentation:
+class Instrumentation(WorkerEndpoint):
     """What :func:`instrument` connected to one app (returned for inspection and tests).
 
-    Attributes:
-        directory: the multi-process directory this worker made as it started (a prefork
-            pool with metrics in memory), else ``None``.
-        server: ``(server, thread)`` of the ``/metrics`` endpoint the main process serves,
-            else ``None``.
+    ``directory`` is the multi-process directory this worker made as it started (a
+    prefork pool with metrics in memory), else ``None``; ``server`` the ``/metrics``
+    endpoint the main process serves (:class:`~jobmetrics.serving.WorkerEndpoint`).
     """
 
     def __init__(self, app: Any, metrics: Optional[JobMetrics], port: Optional[int]) -> None:
+        super().__init__(metrics, port)
         self.app = app
-        self._metrics = metrics
-        self.port = port
-        self.directory: Optional[str] = None
-        self.server: Optional[Tuple[Any, threading.Thread]] = None
         self._lock = threading.Lock()
         # Task ids running in this process (how many runs of each).
         self._running: Dict[str, int] = {}
         # Main process: received, not yet accepted by the pool.
         self._pending: Dict[str, TaskState] = {}
         self._series_by_type: Dict[str, Optional[TaskState]] = {}
-
-    @property
-    def metrics(self) -> JobMetrics:
-        """The ``JobMetrics`` recorded into (the process default unless given)."""
-        m = self._metrics
-        if m is None:
-            m = self._metrics = default_metrics()
-        return m
 
     def _series(self, task_type: str) -> Optional[TaskState]:
         found = self._series_by_type.get(task_type, False)
@@ -112,9 +99,7 @@ class Instrumentation:
             m.set_info(pool=str(name))
         except Exception as exc:
             _errors.report("celery worker_init", exc)
-        if self.port is not None:
-            addr = env_addr(m.addr)
-            self.server = m.start_http_server(self.port, addr=addr)
+        self.serve("celery metrics endpoint")
 
     def received(self, request: Any = None, **_: Any) -> None:
         try:
@@ -267,15 +252,13 @@ def instrument(app: Any, metrics: Optional[JobMetrics] = None, *,
     from celery import signals
     from kombu.utils.imports import symbol_by_name
 
-    check_metrics(metrics)
-    port = serve_port(port)
+    inst = Instrumentation(app, metrics, port)
     if not hasattr(app, "Task") or not hasattr(app, "conf"):
         raise TypeError(f"app must be a Celery app, got {type(app).__name__}")
     task_cls = app.Task
     base = symbol_by_name(task_cls.Request)  # type: ignore[no-untyped-call]
     if isinstance(base, type) and issubclass(base, _RequestBase):
         raise ValueError("this Celery app is instrumented already: call instrument() once")
-    inst = Instrumentation(app, metrics, port)
     task_cls.Request = _request_class(base, inst)
     signals.worker_init.connect(inst.worker_init, weak=False)
     signals.task_received.connect(inst.received, weak=False)

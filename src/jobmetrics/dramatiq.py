@@ -34,9 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from dramatiq.middleware import Middleware
 
 from . import _errors
-from .core import JobMetrics, check_metrics, default_metrics
-from .forking import fold_own_file, needs_directory, record_into, serve_when_locked, start_directory
-from .settings import env_addr, serve_port
+from .core import JobMetrics
+from .forking import fold_own_file, needs_directory, record_into, start_directory
+from .serving import WorkerEndpoint
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["JobMetricsMiddleware"]
@@ -65,7 +65,7 @@ def _janitor() -> int:
     return 0
 
 
-class JobMetricsMiddleware(Middleware):
+class JobMetricsMiddleware(Middleware, WorkerEndpoint):
     """Record every actor run of the broker's workers: ``broker.add_middleware(
     JobMetricsMiddleware())``.
 
@@ -77,27 +77,11 @@ class JobMetricsMiddleware(Middleware):
 
     def __init__(self, metrics: Optional[JobMetrics] = None, *,
                  port: Optional[int] = None) -> None:
-        check_metrics(metrics)
-        port = serve_port(port)
-        self._metrics = metrics
-        self.port = port
-        #: The directory this worker process records into, when it made or found one.
-        self.directory: Optional[str] = None
-        #: ``(server, thread)`` when this process serves ``/metrics``.
-        self.server: Optional[Tuple[Any, threading.Thread]] = None
-        self._serving: Optional[threading.Thread] = None
+        WorkerEndpoint.__init__(self, metrics, port)
         self._lock = threading.Lock()
         self._runs: Dict[str, List[_Run]] = {}
         self._pending: Dict[str, TaskState] = {}
         self._done: Set[str] = set()
-
-    @property
-    def metrics(self) -> JobMetrics:
-        """The ``JobMetrics`` recorded into."""
-        m = self._metrics
-        if m is None:
-            m = self._metrics = default_metrics()
-        return m
 
     @property
     def forks(self) -> List[Callable[[], int]]:
@@ -116,22 +100,7 @@ class JobMetricsMiddleware(Middleware):
             _errors.report("dramatiq process boot", exc)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        if self.port is None or self.server is not None or self._serving is not None:
-            return
-        if self.directory is None:
-            self._serve()
-        else:
-            self._serving = serve_when_locked(self.directory, self._serve,
-                                              "dramatiq metrics endpoint")
-
-    def _serve(self) -> bool:
-        try:
-            m = self.metrics
-            self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
-            return True
-        except Exception as exc:
-            _errors.report("dramatiq metrics endpoint", exc)
-            return False
+        self.serve_for_start(self.directory, "dramatiq metrics endpoint")
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         fold_own_file(self.directory, "dramatiq worker shutdown")

@@ -49,12 +49,12 @@ import shutil
 import sys
 import threading
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _errors
-from .core import JobMetrics, check_metrics, default_metrics
+from .core import JobMetrics
 from .forking import ensure_directory, fold_own_file
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 
 __all__ = ["BACKLOG_WAIT", "Instrumentation", "instrument"]
@@ -141,38 +141,22 @@ class _Backlog:
             done.set()
 
 
-class Instrumentation:
+class Instrumentation(WorkerEndpoint):
     """What :func:`instrument` connected to one Huey instance (returned for inspection
-    and tests).
-
-    Attributes:
-        huey: the Huey instance.
-        port: the port the consumer serves ``/metrics`` on, or ``None``.
-        directory: the multi-process directory the consumer made as it started (process
-            workers with metrics in memory), else ``None``.
-        server: ``(server, thread)`` of the ``/metrics`` endpoint the consumer serves,
-            else ``None``.
+    and tests): ``huey``, the Huey instance; ``directory``, the multi-process directory
+    the consumer made as it started (process workers with metrics in memory), else
+    ``None``; ``server``, the ``/metrics`` endpoint the consumer's main process serves
+    (:class:`~jobmetrics.serving.WorkerEndpoint`).
     """
 
     def __init__(self, huey: Any, metrics: Optional[JobMetrics], port: Optional[int]) -> None:
+        super().__init__(metrics, port)
         self.huey = huey
-        self._metrics = metrics
-        self.port = port
-        self.directory: Optional[str] = None
-        self.server: Optional[Tuple[Any, threading.Thread]] = None
         self._lock = threading.Lock()
         self._active: Dict[int, List[_Run]] = {}
         self._series_by_type: Dict[str, Optional[TaskState]] = {}
         self._backlog: Optional[_Backlog] = None
         self._main_pid: Optional[int] = None
-
-    @property
-    def metrics(self) -> JobMetrics:
-        """The ``JobMetrics`` recorded into (the process default unless given)."""
-        m = self._metrics
-        if m is None:
-            m = self._metrics = default_metrics()
-        return m
 
     def _series(self, task: Any) -> Optional[TaskState]:
         name = getattr(task, "name", None)
@@ -298,11 +282,7 @@ class Instrumentation:
                        workers=workers if isinstance(workers, int) and workers >= 0 else None)
         except Exception as exc:
             _errors.report("huey consumer start", exc)
-        if self.port is not None and self.server is None:
-            try:
-                self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
-            except Exception as exc:
-                _errors.report("huey metrics endpoint", exc)
+        self.serve("huey metrics endpoint")
 
     def _started(self) -> None:
         # After the workers are forked: they never share the reader's connection.
@@ -346,11 +326,9 @@ def instrument(huey: Any, metrics: Optional[JobMetrics] = None, *,
 
     if not isinstance(huey, Huey):
         raise TypeError(f"huey must be a huey.Huey instance, got {type(huey).__name__}")
-    check_metrics(metrics)
-    port = serve_port(port)
+    inst = Instrumentation(huey, metrics, port)
     if getattr(huey, "_jobmetrics", None) is not None:
         raise ValueError("this Huey instance is instrumented already: call instrument() once")
-    inst = Instrumentation(huey, metrics, port)
     huey._jobmetrics = inst
     huey.signal(*_SIGNALS)(inst.receive)
     create_consumer: Callable[..., Any] = huey.create_consumer

@@ -32,11 +32,12 @@ import contextvars
 import functools
 import inspect
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from . import _errors
 from .core import JobMetrics, resolve_metrics
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
+from .settings import serve_port
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -264,16 +265,13 @@ def instrument(app: Any, metrics: Optional[JobMetrics] = None, *,
 def _starting(app: Any, run_worker_async: Callable[..., Awaitable[None]], m: JobMetrics,
               port: Optional[int], mw: Optional[JobMetricsMiddleware],
               recorder: _Recorder) -> Callable[..., Awaitable[None]]:
-    served: List[Optional[Tuple[Any, Any]]] = []
+    endpoint = WorkerEndpoint(m, port)
+    tried: List[bool] = []
 
     @functools.wraps(run_worker_async)
     async def run(**kwargs: Any) -> None:
-        if port is not None and not served:
-            try:
-                served.append(m.start_http_server(port, addr=env_addr(m.addr)))
-            except Exception as exc:
-                served.append(None)
-                _errors.report("procrastinate metrics endpoint", exc)
+        if not tried:  # the first worker start serves; a failure is not tried again
+            tried.append(endpoint.serve("procrastinate metrics endpoint"))
         if mw is not None:
             given = kwargs.get("worker_middleware")
             if given is not None and mw not in given:

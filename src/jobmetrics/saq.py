@@ -64,9 +64,9 @@ from saq.worker import Worker
 from saq.worker import start as _cli_start
 
 from . import _errors
-from .core import JobMetrics, resolve_metrics
+from .core import JobMetrics
 from .forking import fold_own_file, needs_directory, record_into, start_directory
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
 from .state import FAIL, STOP, SUCCESS, OuterRun, QueueSizes, TaskState, outer_run
 
 __all__ = ["UNKNOWN", "instrument"]
@@ -200,17 +200,13 @@ def _outcome(job: Any, ctx: Dict[str, Any]) -> Tuple[int, bool]:
     return (FAIL, False) if failed else (STOP, False)
 
 
-class _Hooks:
-    """The hooks :func:`instrument` puts first in a worker's settings."""
+class _Hooks(WorkerEndpoint):
+    """The hooks :func:`instrument` puts first in a worker's settings; ``directory`` is
+    the directory of this ``saq`` command's processes, when this process made or found
+    one."""
 
-    def __init__(self, metrics: JobMetrics, port: Optional[int]) -> None:
-        self.metrics = metrics
-        self.port = port
-        #: The directory of this ``saq`` command's processes, when this process made or
-        #: found one.
-        self.directory: Optional[str] = None
-        #: ``(server, thread)`` when this process serves ``/metrics``.
-        self.server: Optional[Tuple[Any, threading.Thread]] = None
+    def __init__(self, metrics: Optional[JobMetrics], port: Optional[int]) -> None:
+        super().__init__(metrics, port)
         self._set_up = False
         self._forked = False  # a worker process forked by the saq command's main one
         self._series: Dict[str, Optional[TaskState]] = {}
@@ -235,11 +231,8 @@ class _Hooks:
                         atexit.register(_remove_after_children, path, os.getpid())
         except Exception as exc:  # this process records into its memory
             _errors.report("saq worker directory", exc)
-        if self.port is not None and not self._forked:
-            try:
-                self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
-            except Exception as exc:
-                _errors.report("saq metrics endpoint", exc)
+        if not self._forked:
+            self.serve("saq metrics endpoint")
 
     async def startup(self, ctx: Dict[str, Any]) -> None:
         try:
@@ -377,8 +370,7 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     setting, ``ValueError`` for a bad ``port`` or ``$JOBMETRICS_PORT``, a target with no
     functions, or one instrumented already.
     """
-    metrics = resolve_metrics(metrics)
-    port = serve_port(port)
+    hooks = _Hooks(metrics, port)
     if isinstance(target, Worker):
         if not target.functions:
             raise ValueError("target has no functions to instrument")
@@ -395,7 +387,6 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     lists = {name: _as_list(settings.get(name), name) for name in _HOOKS}
     if any(_ours(h) for h in lists["before_process"]):
         raise ValueError("this SAQ worker is instrumented already: call instrument() once")
-    hooks = _Hooks(metrics, port)
     for name in _HOOKS:
         # Ours first: a user's hook that raises stops the ones after it.
         value = [getattr(hooks, name), *lists[name]]

@@ -46,21 +46,20 @@ import subprocess
 import sys
 import threading
 from time import perf_counter
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, List, Optional, Set
 
 from taskiq import AsyncBroker, NoResultError, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 
 from . import _errors
-from .core import JobMetrics, check_metrics, default_metrics
+from .core import JobMetrics
 from .forking import (
     fold_own_file,
     needs_directory,
     record_into,
-    serve_when_locked,
     start_directory,
     start_time,
 )
-from .settings import env_addr, serve_port
+from .serving import WorkerEndpoint
 from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
 from .tasks import status_of
 
@@ -165,7 +164,7 @@ def _status_of_error(error: Optional[BaseException]) -> int:
     return status_of(error)
 
 
-class JobMetricsMiddleware(TaskiqMiddleware):
+class JobMetricsMiddleware(TaskiqMiddleware, WorkerEndpoint):
     """Record every task run of the broker's workers: ``broker.add_middlewares(
     JobMetricsMiddleware())`` (or :func:`instrument`).
 
@@ -179,29 +178,13 @@ class JobMetricsMiddleware(TaskiqMiddleware):
 
     def __init__(self, metrics: Optional[JobMetrics] = None, *,
                  port: Optional[int] = None) -> None:
-        super().__init__()
-        check_metrics(metrics)
-        port = serve_port(port)
-        self._metrics = metrics
-        self.port = port
-        #: The directory this worker process records into, when it made or found one.
-        self.directory: Optional[str] = None
-        #: ``(server, thread)`` when this process serves ``/metrics``.
-        self.server: Optional[Tuple[Any, threading.Thread]] = None
-        self._serving: Optional[threading.Thread] = None
+        TaskiqMiddleware.__init__(self)
+        WorkerEndpoint.__init__(self, metrics, port)
         self._lock = threading.Lock()
         self._runs: Set[_Run] = set()
         # The run (of this middleware) of the receiver's task this code executes in.
         self._current: contextvars.ContextVar[Optional[_Run]] = contextvars.ContextVar(
             f"jobmetrics_taskiq_run_{id(self):x}", default=None)
-
-    @property
-    def metrics(self) -> JobMetrics:
-        """The ``JobMetrics`` recorded into."""
-        m = self._metrics
-        if m is None:
-            m = self._metrics = default_metrics()
-        return m
 
     # -- the worker process ------------------------------------------------------
 
@@ -219,22 +202,8 @@ class JobMetricsMiddleware(TaskiqMiddleware):
                 self.directory = path
         except Exception as exc:
             _errors.report("taskiq startup", exc)
-        if self.port is not None and self._serving is None and self.server is None:
-            lock_dir = self.directory or self.metrics.directory
-            if lock_dir is None:
-                self._serve()
-            else:
-                self._serving = serve_when_locked(lock_dir, self._serve,
-                                                  "taskiq metrics endpoint")
-
-    def _serve(self) -> bool:
-        try:
-            m = self.metrics
-            self.server = m.start_http_server(self.port, addr=env_addr(m.addr))
-            return True
-        except Exception as exc:
-            _errors.report("taskiq metrics endpoint", exc)
-            return False
+        self.serve_for_start(self.directory or self.metrics.directory,
+                             "taskiq metrics endpoint")
 
     def shutdown(self) -> None:
         """The broker shuts down: in a worker process, runs still going are ``stop``
