@@ -21,8 +21,10 @@ def report(where: str, exc: BaseException) -> None:
         if where in _reported:
             return
         _reported.add(where)
+    # Not only recording: serving /metrics, reading a queue's size, a worker's directory.
     logger.error(
-        "jobmetrics: recording failed in %s; the value was dropped (logged once)",
+        "jobmetrics: %s failed; jobmetrics goes on without it, the host is unaffected "
+        "(logged once)",
         where,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
