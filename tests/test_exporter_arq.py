@@ -380,3 +380,16 @@ def test_cli_default_queue_from_the_environment(redis_server: RedisServer) -> No
     proc2 = run(["--layout", "arq", "--key-prefix", "arq:", "--redis-url", redis_server.url()])
     assert proc2.returncode == 2
     assert "error: key_prefix: arq's key names are fixed" in proc2.stderr
+
+
+def test_max_running_from_the_command_line_and_the_api(redis_server: RedisServer) -> None:
+    from jobmetrics.exporter import RedisExporter
+
+    exporter = RedisExporter(redis_server.url(), layout="arq", max_running=7, registry=None)
+    try:
+        assert exporter.layout.max_running == 7  # type: ignore[attr-defined]
+    finally:
+        exporter.close()
+    bad = run(["--layout", "arq", "--max-running", "0", "--redis-url", redis_server.url()])
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "--max-running" in bad.stderr

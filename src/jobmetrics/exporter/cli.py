@@ -53,6 +53,7 @@ ENV: Dict[str, str] = {
     "timeout": "JOBMETRICS_EXPORTER_TIMEOUT",
     "max_queues": "JOBMETRICS_EXPORTER_MAX_QUEUES",
     "max_pools": "JOBMETRICS_EXPORTER_MAX_POOLS",
+    "max_running": "JOBMETRICS_EXPORTER_MAX_RUNNING",
     "scheduled_total": "JOBMETRICS_EXPORTER_SCHEDULED_TOTAL",
     "log_level": "JOBMETRICS_EXPORTER_LOG_LEVEL",
     "web_config_file": "JOBMETRICS_EXPORTER_WEB_CONFIG_FILE",
@@ -203,6 +204,10 @@ def parser() -> argparse.ArgumentParser:
                    default=_env("max_pools", _positive_int, 100),
                    help="most worker pools reported per job type, harbor layout (default "
                    f"100) [{ENV['max_pools']}]")
+    p.add_argument("--max-running", type=_positive_int,
+                   default=_env("max_running", _positive_int, 1000),
+                   help="most due jobs per queue checked for running, arq layout (default "
+                   f"1000) [{ENV['max_running']}]")
     p.add_argument("--scheduled-total", action=argparse.BooleanOptionalAction,
                    default=_env("scheduled_total", _bool, False),
                    help="also emit Harbor's name <namespace>_task_scheduled_total (a gauge "
@@ -244,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             check_redis_url(url, arg)
             exporter = RedisExporter(url, key_prefix=args.key_prefix, max_pools=args.max_pools,
-                                     **common)
+                                     max_running=args.max_running, **common)
     except (ValueError, TypeError, ImportError) as exc:
         # One line, no usage text: the message names the option and the reason.
         print(f"jobmetrics-exporter: error: {exc}", file=sys.stderr)

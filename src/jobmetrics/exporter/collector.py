@@ -58,6 +58,8 @@ class RedisExporter(StoreExporter):
         max_queues: the most queues discovered and read per scrape.
         max_pools: the most worker pools reported per job type (``harbor``): a
             ``lock_info`` hash with more fields is read and reported up to this many.
+        max_running: the most due jobs per queue checked for running (``arq``; see
+            :class:`~jobmetrics.exporter.ArqLayout`).
         registry: registered there (prometheus_client's global one by default); None
             registers nowhere.
     """
@@ -78,6 +80,7 @@ class RedisExporter(StoreExporter):
         scheduled_total: bool = False,
         max_queues: int = 500,
         max_pools: int = 100,
+        max_running: int = 1000,
         registry: Optional[CollectorRegistry] = REGISTRY,
     ) -> None:
         if isinstance(layout, Layout):
@@ -87,7 +90,8 @@ class RedisExporter(StoreExporter):
                 )
             chosen = layout
         else:
-            chosen = make_layout(layout, key_prefix, queues, max_queues, max_pools)
+            chosen = make_layout(layout, key_prefix, queues, max_queues, max_pools,
+                                 max_running)
         super().__init__(
             chosen, namespace=namespace, cache_seconds=cache_seconds, timeout=timeout,
             scheduled_total=scheduled_total,

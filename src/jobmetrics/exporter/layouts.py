@@ -782,10 +782,12 @@ def make_layout(
     queues: Sequence[str] = (),
     max_queues: int = 500,
     max_pools: int = 100,
+    max_running: int = 1000,
 ) -> Layout:
     """The layout called ``name`` (``harbor``, ``rq``, ``celery`` or ``arq``).
 
-    ``max_pools`` bounds the worker pools reported per job type (``harbor`` only).
+    ``max_pools`` bounds the worker pools reported per job type (``harbor`` only);
+    ``max_running`` the due jobs per queue checked for running (``arq`` only).
     """
     try:
         cls = LAYOUTS[name]
@@ -795,4 +797,6 @@ def make_layout(
         ) from None
     if cls is HarborLayout:
         return HarborLayout(key_prefix, queues, max_queues, max_pools)
+    if cls is ArqLayout:
+        return ArqLayout(key_prefix, queues, max_queues, max_running)
     return cls(key_prefix=key_prefix, queues=queues, max_queues=max_queues)
