@@ -140,7 +140,32 @@ async def async_scheduler() -> List[Any]:
     return outcomes
 
 
+def serve(port: int) -> None:
+    """``port=``: /metrics served from instrument() until the scheduler stops."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    with Scheduler() as scheduler:
+        jobmetrics.apscheduler.instrument(scheduler, m, port=port)
+        scheduler.start_in_background()
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"harbor_jobservice_info" in resp.read()
+        print("# served ok")
+        scheduler.stop()
+        scheduler.wait_until_stopped()
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=10).close()
+        except OSError:
+            print("# closed ok")
+            return
+        threading.Event().wait(0.05)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]))
+        return
     try:
         jobmetrics.apscheduler.instrument(object(), m)
     except TypeError as exc:
