@@ -95,8 +95,9 @@ class _Instrumentation:
     def released(self, event: Any) -> None:
         entry = self.running.pop(event.job_id, None)
         if entry is None:
-            # Released without being acquired here: abandoned by an earlier run of a
-            # scheduler with this identity (reaped at start).
+            # Released without a JobAcquired: discarded while being acquired (SQL data
+            # stores: missed start deadline, deserialization failed), or abandoned by an
+            # earlier run of a scheduler with this identity (reaped at start).
             series = self.series(str(event.task_id))
             if series is None:
                 return
