@@ -83,6 +83,14 @@ def sync_scheduler() -> List[Any]:
         scheduler.configure_task("late", func=ok, misfire_grace_time=1)
         scheduler.configure_task("on_time", func=ok)
         scheduler.configure_task("block", func=block, max_running_jobs=2)
+        # Executors keep their class's name, and are still instances of it.
+        from apscheduler.executors.thread import ThreadPoolJobExecutor
+
+        pool = scheduler.job_executors["threadpool"]
+        assert isinstance(pool, ThreadPoolJobExecutor), pool
+        assert type(pool).__name__ == "ThreadPoolJobExecutor", type(pool)
+        assert repr(pool).startswith("ThreadPoolJobExecutor("), repr(pool)
+        print("# executors ok")
         scheduler.start_in_background()
         scheduler.add_job("ok")
         scheduler.add_job("ok")
@@ -113,22 +121,28 @@ async def async_scheduler() -> List[Any]:
     async def aok() -> None:
         await asyncio.sleep(0)
 
+    @m.task("ainner")
+    async def ainner() -> None:
+        await asyncio.sleep(0)
+
     async def forever() -> None:
         running.set()
         await asyncio.sleep(60)
 
     def on_released(event: JobReleased) -> None:
         outcomes.append(event.outcome)
-        if len(outcomes) == 2:
+        if len(outcomes) == 3:
             released.set()
 
     async with AsyncScheduler() as scheduler:
         jobmetrics.apscheduler.instrument(scheduler, m)
         scheduler.subscribe(on_released, {JobReleased})
         await scheduler.configure_task("aok", func=aok, job_executor="async")
+        await scheduler.configure_task("ainner_job", func=ainner, job_executor="async")
         await scheduler.configure_task("forever", func=forever, job_executor="async")
         await scheduler.start_in_background()
         await scheduler.add_job("aok")
+        await scheduler.add_job("ainner_job")
         await scheduler.add_job("forever")
         with anyio.fail_after(20):
             await running.wait()
@@ -175,7 +189,7 @@ def main() -> None:
     assert sorted(o.name for o in outcomes) == sorted(
         ["success"] * 6 + ["error", "missed_start_deadline"]), outcomes
     outcomes = asyncio.run(async_scheduler())
-    assert sorted(o.name for o in outcomes) == ["cancelled", "success"], outcomes
+    assert sorted(o.name for o in outcomes) == ["cancelled", "success", "success"], outcomes
     assert JobOutcome.cancelled in outcomes
     sys.stdout.write(generate_latest(registry).decode())
 

@@ -62,7 +62,7 @@ def counts(text: str) -> Dict[Tuple[str, str], float]:
 
 
 TYPES: List[str] = ["ok", "boom", "inner_job", "inner", "late", "on_time", "block", "aok",
-                    "forever"]
+                    "forever", "ainner", "ainner_job"]
 
 
 def test_outcomes_counted_exactly(out: str) -> None:
@@ -70,9 +70,10 @@ def test_outcomes_counted_exactly(out: str) -> None:
     assert counts(text) == {
         ("ok", "success"): 2,
         ("boom", "fail"): 1,
-        # An inner @m.task is counted under its own type too (docs/apscheduler.md).
-        ("inner_job", "success"): 1,
+        # An inner @m.task takes the run over: counted once, under its own type (thread
+        # pool and async executor).
         ("inner", "success"): 1,
+        ("ainner", "success"): 1,
         # Due 30 s ago, grace 1 s: released missed_start_deadline, never run.
         ("late", "stop"): 1,
         ("on_time", "success"): 1,
@@ -101,6 +102,7 @@ def test_bad_target_and_twice(out: str) -> None:
     lines = out.splitlines()
     assert "# type ok" in lines
     assert "# twice ok" in lines
+    assert "# executors ok" in lines
 
 
 def test_port_serves_until_stopped() -> None:

@@ -29,7 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import _errors
 from .core import JobMetrics
 from .settings import env_addr
-from .state import FAIL, STOP, SUCCESS, TaskState
+from .state import FAIL, STOP, SUCCESS, OuterRun, TaskState, outer_run
+
+_MARK = "_jobmetrics_apscheduler4"
 
 __all__ = ["QUEUE", "STATUS_OF", "instrument4", "is_scheduler4"]
 
@@ -58,6 +60,33 @@ def is_scheduler4(target: Any) -> bool:
     return isinstance(target, (AsyncScheduler, Scheduler))
 
 
+class _JobRun(OuterRun):
+    """One job acquired by the scheduler: counted at its release, unless an inner
+    ``@m.task`` took it over (:meth:`claim`, from the job function's thread or task)."""
+
+    __slots__ = ("begun", "lock")
+
+    def __init__(self, state: TaskState, lock: threading.Lock) -> None:
+        super().__init__(state)
+        self.lock = lock
+        self.begun = False
+
+    def claim(self) -> None:
+        """An inner task runs the job: it counts it; this run's ``running`` goes."""
+        with self.lock:
+            if not self.claimed:
+                self.claimed = True
+                if self.begun:
+                    self.state.unrun()
+
+    def acquired(self) -> None:
+        with self.lock:
+            if not self.begun:
+                self.begun = True
+                if not self.claimed:
+                    self.state.begin()
+
+
 class _Instrumentation:
     def __init__(self, identity: str, m: JobMetrics) -> None:
         self.identity = identity
@@ -66,8 +95,10 @@ class _Instrumentation:
         self._wait: Optional[Callable[[float, float], None]] = None
         if m.queue_waits is not None:
             self._wait = m.queue_waits.observer(QUEUE)
-        # job id -> (series, start) of each job acquired by this scheduler, not released.
-        self.running: Dict[Any, Tuple[TaskState, float]] = {}
+        # job id -> run of each job acquired by this scheduler and not released: the
+        # events come on the loop, a claim from the job's worker thread.
+        self.lock = threading.Lock()
+        self.runs: Dict[Any, _JobRun] = {}
 
     def series(self, task_id: str) -> Optional[TaskState]:
         s = self._series.get(task_id)
@@ -77,6 +108,17 @@ class _Instrumentation:
                 self._series[task_id] = s
         return s
 
+    def run_of(self, job_id: Any, task_id: str) -> Optional[_JobRun]:
+        """The run of a job (made on its first event or start)."""
+        with self.lock:
+            run = self.runs.get(job_id)
+            if run is None:
+                series = self.series(task_id)
+                if series is None:
+                    return None
+                run = self.runs[job_id] = _JobRun(series, self.lock)
+            return run
+
     def on_event(self, event: Any) -> None:
         from apscheduler import JobAcquired, JobReleased
 
@@ -84,27 +126,24 @@ class _Instrumentation:
             if event.scheduler_id != self.identity:
                 return
             if isinstance(event, JobAcquired):
-                series = self.series(str(event.task_id))
-                if series is not None:
-                    self.running[event.job_id] = (series, series.begin())
+                run = self.run_of(event.job_id, str(event.task_id))
+                if run is not None:
+                    run.acquired()
             elif isinstance(event, JobReleased):
                 self.released(event)
         except Exception as exc:
             _errors.report("apscheduler 4 event", exc)
 
     def released(self, event: Any) -> None:
-        entry = self.running.pop(event.job_id, None)
-        if entry is None:
-            # Released without a JobAcquired: discarded while being acquired (SQL data
-            # stores: missed start deadline, deserialization failed), or abandoned by an
-            # earlier run of a scheduler with this identity (reaped at start).
-            series = self.series(str(event.task_id))
-            if series is None:
-                return
-            series.begin()
-        else:
-            series = entry[0]
-        status = STATUS_OF.get(getattr(event.outcome, "name", ""), FAIL)
+        # Released without a JobAcquired: discarded while being acquired (SQL data
+        # stores: missed start deadline, deserialization failed), or abandoned by an
+        # earlier run of a scheduler with this identity (reaped at start).
+        run = self.run_of(event.job_id, str(event.task_id))
+        if run is None:
+            return
+        run.acquired()
+        with self.lock:
+            self.runs.pop(event.job_id, None)
         started: Optional[datetime] = event.started_at
         now = perf_counter()
         start = now
@@ -113,7 +152,58 @@ class _Instrumentation:
             scheduled: Optional[datetime] = event.scheduled_start
             if scheduled is not None and self._wait is not None:
                 self._wait(max(0.0, (started - scheduled).total_seconds()), now)
-        series.end(status, start)
+        if not run.claimed:
+            run.state.end(STATUS_OF.get(getattr(event.outcome, "name", ""), FAIL), start)
+
+    def job_run(self, job: Any) -> Optional[_JobRun]:
+        """The run an executor starts ``job`` in, if this scheduler acquired it."""
+        try:
+            return self.run_of(job.id, str(job.task_id))
+        except Exception as exc:  # pragma: no cover - defensive
+            _errors.report("apscheduler 4 job start", exc)
+            return None
+
+
+#: identity -> instrumentation of each instrumented scheduler (while its broker lives).
+_by_identity: weakref.WeakValueDictionary[str, _Instrumentation] = (
+    weakref.WeakValueDictionary())
+_subclasses: Dict[type, type] = {}
+
+
+def _recording_class(cls: type) -> type:
+    """``cls`` whose ``run_job`` runs the job as an outer run an inner ``@m.task``
+    takes over (anyio copies the context into the thread pool's worker thread)."""
+    sub = _subclasses.get(cls)
+    if sub is None:
+        async def run_job(self: Any, func: Callable[..., Any], job: Any) -> Any:
+            inst = _by_identity.get(str(getattr(job, "acquired_by", None)))
+            run = inst.job_run(job) if inst is not None else None
+            token = outer_run.set(run)
+            try:
+                return await cls.run_job(self, func, job)  # type: ignore[attr-defined]
+            finally:
+                outer_run.reset(token)
+
+        sub = type(cls.__name__, (cls,), {"__slots__": (), "run_job": run_job,
+                                          "__qualname__": cls.__qualname__,
+                                          "__module__": cls.__module__,
+                                          _MARK: True})
+        _subclasses[cls] = sub
+    return sub
+
+
+def _wrap_executors(executors: Any) -> None:
+    from apscheduler.executors.subprocess import ProcessPoolJobExecutor
+
+    for executor in list(executors.values()):
+        # The process pool pickles the function into another process, where the
+        # context does not go: left alone.
+        if isinstance(executor, ProcessPoolJobExecutor) or getattr(executor, _MARK, False):
+            continue
+        try:
+            executor.__class__ = _recording_class(type(executor))
+        except TypeError:  # an executor class whose layout takes no subclass
+            pass
 
 
 _lock = threading.Lock()
@@ -139,6 +229,8 @@ def instrument4(target: Any, metrics: JobMetrics, port: Optional[int]) -> Any:
                 "this scheduler is instrumented already: call instrument() once")
         _instrumented.append((weakref.ref(broker), identity))
     inst = _Instrumentation(identity, metrics)
+    _by_identity[identity] = inst
+    _wrap_executors(target.job_executors)
     # is_async=True: the callback runs on the scheduler's loop, events in order (a sync
     # Scheduler's own subscribe() would run it in a worker thread, and start the
     # scheduler's services).
