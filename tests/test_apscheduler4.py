@@ -108,3 +108,14 @@ def test_bad_target_and_twice(out: str) -> None:
 def test_port_serves_until_stopped() -> None:
     lines = run("serve", str(free_port())).splitlines()
     assert lines == ["# served ok", "# closed ok"]
+
+
+def test_doc_block_runs() -> None:
+    """docs/apscheduler.md: its 4.x (``py``) block, as it is."""
+    page = (ROOT / "docs" / "apscheduler.md").read_text()
+    code = page.split("```py\n")[1].split("```")[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.run([str(PYTHON), "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr

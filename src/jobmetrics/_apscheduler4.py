@@ -13,9 +13,13 @@ a status (:data:`STATUS_OF`); the duration is the release's ``started_at`` to it
 schedule lag, ``started_at - scheduled_start`` (jobs from a schedule only), goes to
 ``queue_wait_seconds{queue="default"}``.
 
-The events are delivered in the broker's own task after the fact, not in the context the
-job function runs in, so an inner ``@m.task`` cannot take the run over: it is counted
-under its own type as well as under the task id.
+The events are delivered in the broker's own task after the fact, not where the job
+function runs, so for an inner ``@m.task`` to take the run over (counted once, under its
+own type) each executor's ``run_job`` sets the job's run as the outer run: the executors
+are attrs slots classes, so each instance present at ``instrument()`` gets, in place, a
+subclass of its class (same name, still an instance of it) whose ``run_job`` does that;
+anyio copies the context into the thread pool's worker thread. The process pool (another
+process) is left alone.
 """
 
 from __future__ import annotations
