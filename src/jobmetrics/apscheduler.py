@@ -225,11 +225,10 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
                port: Optional[int] = None) -> Any:
     """Instrument every job run of an APScheduler scheduler; returns ``target``.
 
-    A 3.x scheduler, or a 4.x (4.0.0a6) ``Scheduler``/``AsyncScheduler``: its job events
-    are counted (call it before ``start_in_background()``/``async with``).
-
-    Call it before or after ``start()``: executors already added are wrapped now, those
-    added later (the default one at ``start()``) as they are added. ``metrics``
+    A 3.x scheduler: call it before or after ``start()``; executors already added are
+    wrapped now, those added later (the default one at ``start()``) as they are added.
+    A 4.x (pre-release, as of 4.0.0a6) ``Scheduler``/``AsyncScheduler``: its job events
+    are counted; call it before the scheduler starts. ``metrics``
     defaults to :func:`jobmetrics.default_metrics`. ``port`` (default
     ``$JOBMETRICS_PORT``; none: do not serve) serves ``/metrics`` from now until the
     scheduler shuts down, on ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
