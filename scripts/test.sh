@@ -34,6 +34,10 @@ VENV=${JOBMETRICS_VENV:-.venv}
 # arq pins redis<6, which Celery's kombu cannot share; it runs on the redis the test
 # extra installs, so it goes in without its pins.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps 'arq>=0.25'
+# APScheduler 4.x is a pre-release whose package replaces 3.x: tests/test_apscheduler4.py
+# runs its jobs in a second virtualenv of its own.
+[ -x .venv-aps4/bin/python ] || python3 -m venv .venv-aps4
+.venv-aps4/bin/python -m pip install -q --disable-pip-version-check -e . 'apscheduler==4.0.0a6'
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests bench examples

@@ -19,7 +19,9 @@ lag (start - scheduled run time) goes to ``queue_wait_seconds{queue=<jobstore al
 A ``ProcessPoolExecutor`` pickles the job for another process, so it is left alone: its
 jobs are not counted.
 
-APScheduler 4.x is a different API and is not supported.
+APScheduler 4.x (a pre-release, supported as of 4.0.0a6) is a different API: for its
+``Scheduler`` and ``AsyncScheduler``, ``instrument()`` counts its ``JobAcquired`` and
+``JobReleased`` events instead (:mod:`jobmetrics._apscheduler4`).
 """
 
 from __future__ import annotations
@@ -221,10 +223,12 @@ class _Instrumentation:
 
 def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
                port: Optional[int] = None) -> Any:
-    """Instrument every job run of an APScheduler 3.x scheduler; returns ``target``.
+    """Instrument every job run of an APScheduler scheduler; returns ``target``.
 
-    Call it before or after ``start()``: executors already added are wrapped now, those
-    added later (the default one at ``start()``) as they are added. ``metrics``
+    A 3.x scheduler: call it before or after ``start()``; executors already added are
+    wrapped now, those added later (the default one at ``start()``) as they are added.
+    A 4.x (pre-release, as of 4.0.0a6) ``Scheduler``/``AsyncScheduler``: its job events
+    are counted; call it before the scheduler starts. ``metrics``
     defaults to :func:`jobmetrics.default_metrics`. ``port`` (default
     ``$JOBMETRICS_PORT``; none: do not serve) serves ``/metrics`` from now until the
     scheduler shuts down, on ``$JOBMETRICS_ADDR`` or the metrics' ``addr``.
@@ -233,8 +237,13 @@ def instrument(target: Any, metrics: Optional[JobMetrics] = None, *,
     port = serve_port(port)
     try:
         from apscheduler.schedulers.base import BaseScheduler
-    except ImportError:  # pragma: no cover - 4.x has no such module
-        raise TypeError("jobmetrics.apscheduler supports APScheduler 3.x") from None
+    except ImportError:  # 4.x has no such module
+        from ._apscheduler4 import instrument4, is_scheduler4
+
+        if not is_scheduler4(target):
+            raise TypeError(f"target must be an APScheduler 4.x Scheduler or "
+                            f"AsyncScheduler, got {type(target).__name__}") from None
+        return instrument4(target, metrics, port)
     from apscheduler.events import EVENT_EXECUTOR_ADDED, EVENT_JOB_MISSED
 
     if not isinstance(target, BaseScheduler):
