@@ -1,12 +1,19 @@
 """Per-task overhead of the job framework integrations against the same worker without
 them: Celery ``task.apply()``, RQ ``SimpleWorker`` in burst mode on a real redis-server,
-Dramatiq ``StubBroker`` + ``Worker`` (and Dramatiq's own Prometheus middleware).
+Dramatiq ``StubBroker`` + ``Worker`` (and Dramatiq's own Prometheus middleware), Huey
+``huey.execute(task)``, Taskiq ``Receiver.callback`` on ``InMemoryBroker`` (and Taskiq's
+``PrometheusMiddleware``), Procrastinate's worker on ``InMemoryConnector``, APScheduler's
+executor path (and apscheduler-exporter), arq and SAQ burst workers on the redis-server,
+and the RQ, arq and SAQ wrappers/hooks alone.
 
 Run: .venv/bin/python bench/bench_integrations.py [celery] [rq] [rq-wrapper] [dramatiq]
+    [huey] [taskiq] [procrastinate] [apscheduler] [apscheduler-pool] [arq] [arq-wrapper]
+    [saq] [saq-hooks]
 
-Each case runs in a fresh process (Dramatiq's middleware sets PROMETHEUS_MULTIPROC_DIR in
-os.environ; signals and the default registry are process-wide), best of 3 runs; the
-cases of one framework alternate, 3 rounds, so a busy machine slows all of them alike.
+Each case runs in a fresh process (Dramatiq's and Taskiq's middlewares set
+PROMETHEUS_MULTIPROC_DIR in os.environ; signals and the default registry are
+process-wide), best of 3 runs; the cases of one framework alternate, 3 rounds, so a busy
+machine slows all of them alike. Each jobmetrics case checks that it recorded every run.
 """
 
 from __future__ import annotations
