@@ -95,7 +95,6 @@ class _Instrumentation:
     def __init__(self, identity: str, m: JobMetrics) -> None:
         self.identity = identity
         self.m = m
-        self._series: Dict[str, TaskState] = {}
         self._wait: Optional[Callable[[float, float], None]] = None
         if m.queue_waits is not None:
             self._wait = m.queue_waits.observer(QUEUE)
@@ -105,12 +104,7 @@ class _Instrumentation:
         self.runs: Dict[Any, _JobRun] = {}
 
     def series(self, task_id: str) -> Optional[TaskState]:
-        s = self._series.get(task_id)
-        if s is None:
-            s = self.m.task_series(task_id)
-            if s is not None:
-                self._series[task_id] = s
-        return s
+        return self.m.task_series(task_id)
 
     def run_of(self, job_id: Any, task_id: str) -> Optional[_JobRun]:
         """The run of a job (made on its first event or start)."""

@@ -131,19 +131,13 @@ class _Instrumentation:
     def __init__(self, scheduler: Any, m: JobMetrics) -> None:
         self.scheduler = scheduler
         self.m = m
-        self._series: Dict[str, TaskState] = {}
         self._waits: Dict[str, Callable[[float, float], None]] = {}
         # (job id, scheduled run time) -> series of each run submitted and not started:
         # a missed run is found by its key, so overlapping runs of one job stay apart.
         self.keys: Dict[Tuple[str, datetime], TaskState] = {}
 
     def series(self, name: str) -> Optional[TaskState]:
-        s = self._series.get(name)
-        if s is None:
-            s = self.m.task_series(name)
-            if s is not None:
-                self._series[name] = s
-        return s
+        return self.m.task_series(name)
 
     def wait(self, alias: str) -> Optional[Callable[[float, float], None]]:
         w = self._waits.get(alias)

@@ -69,14 +69,9 @@ class Instrumentation(WorkerEndpoint):
         self._running: Dict[str, int] = {}
         # Main process: received, not yet accepted by the pool.
         self._pending: Dict[str, TaskState] = {}
-        self._series_by_type: Dict[str, Optional[TaskState]] = {}
 
     def _series(self, task_type: str) -> Optional[TaskState]:
-        found = self._series_by_type.get(task_type, False)
-        if found is False:
-            found = self._series_by_type[task_type] = self.metrics.task_series(
-                task_type or UNKNOWN)
-        return found  # type: ignore[return-value]
+        return self.metrics.task_series(task_type or UNKNOWN)
 
     def _ours(self, task: Any) -> bool:
         return getattr(task, "_app", None) is self.app or getattr(task, "app", None) is self.app

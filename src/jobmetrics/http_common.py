@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, FrozenSet, Optional, Tuple
 
+from .labels import OVERFLOW  # ``operation`` of new label sets once the budget is spent
 from .settings import check_int
 from .state import HttpState, http_budget
 
@@ -14,16 +14,12 @@ if TYPE_CHECKING:
 
 __all__ = ["METHODS", "OTHER_METHOD", "OVERFLOW", "RECORDING", "UNKNOWN", "LabelPolicy"]
 
-logger = logging.getLogger("jobmetrics")
-
 #: Methods kept as they are; any other becomes ``OTHER_METHOD`` (a client can send any).
 METHODS: FrozenSet[str] = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 OTHER_METHOD = "other"
 #: ``operation`` of a request that matched no route: never its raw path.
 UNKNOWN = "unknown"
-#: ``operation`` of new label sets once the series budget is spent.
-OVERFLOW = "overflow"
 #: The scope/environ key under which a middleware leaves the ``m.http`` it records a
 #: request into: a second middleware on the same families (one app wrapped twice) lets
 #: the request through uncounted, so it is recorded once.

@@ -154,17 +154,13 @@ class Instrumentation(WorkerEndpoint):
         self.huey = huey
         self._lock = threading.Lock()
         self._active: Dict[int, List[_Run]] = {}
-        self._series_by_type: Dict[str, Optional[TaskState]] = {}
         self._backlog: Optional[_Backlog] = None
         self._main_pid: Optional[int] = None
 
     def _series(self, task: Any) -> Optional[TaskState]:
         name = getattr(task, "name", None)
         task_type = name if isinstance(name, str) and name else type(task).__name__
-        found = self._series_by_type.get(task_type, False)
-        if found is False:
-            found = self._series_by_type[task_type] = self.metrics.task_series(task_type)
-        return found  # type: ignore[return-value]
+        return self.metrics.task_series(task_type)
 
     # -- signals -------------------------------------------------------------------
 

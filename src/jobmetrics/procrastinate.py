@@ -54,21 +54,15 @@ _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class _Recorder:
-    """The task states and queue-wait observers of one JobMetrics, made on first use."""
+    """The task states of one JobMetrics, and its queue-wait observers, made on first use."""
 
     def __init__(self, m: JobMetrics) -> None:
         self.m = m
-        self._series: Dict[str, Optional[TaskState]] = {}
         self._waits: Dict[str, Optional[Observe]] = {}
         self._lock = threading.Lock()
 
     def series(self, name: str) -> Optional[TaskState]:
-        try:
-            return self._series[name]
-        except KeyError:
-            with self._lock:
-                got = self._series[name] = self.m.task_series(name)
-            return got
+        return self.m.task_series(name)
 
     def wait(self, queue: str) -> Optional[Observe]:
         try:

@@ -209,7 +209,6 @@ class _Hooks(WorkerEndpoint):
         super().__init__(metrics, port)
         self._set_up = False
         self._forked = False  # a worker process forked by the saq command's main one
-        self._series: Dict[str, Optional[TaskState]] = {}
         self._waits: Dict[str, Optional[Callable[[float, float], None]]] = {}
         self._refreshers: weakref.WeakKeyDictionary[Any, Tuple[asyncio.Task[None], _Key]] = (
             weakref.WeakKeyDictionary())
@@ -269,10 +268,7 @@ class _Hooks(WorkerEndpoint):
     # -- one job ----------------------------------------------------------------------
 
     def _state(self, name: str) -> Optional[TaskState]:
-        found = self._series.get(name, False)
-        if found is False:
-            found = self._series[name] = self.metrics.task_series(name)
-        return found  # type: ignore[return-value]
+        return self.metrics.task_series(name)
 
     def _wait(self, queue: str) -> Optional[Callable[[float, float], None]]:
         found = self._waits.get(queue, False)

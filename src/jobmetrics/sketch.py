@@ -35,8 +35,6 @@ __all__ = ["DEFAULT_MAX_BUCKETS", "DEFAULT_RELATIVE_ACCURACY", "QuantileSketch"]
 DEFAULT_RELATIVE_ACCURACY = 0.01
 DEFAULT_MAX_BUCKETS = 4096
 
-_MAX_FLOAT = 1.7976931348623157e308
-
 
 class QuantileSketch:
     """Counts of values in log-spaced buckets; see the module docstring for the guarantee.
