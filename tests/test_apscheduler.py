@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import subprocess
-import sys
 import threading
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, List
 
 import pytest
@@ -30,6 +26,7 @@ from prometheus_client import CollectorRegistry
 import jobmetrics.apscheduler
 from jobmetrics import JobMetrics
 from promcheck import promtool_check, samples, scrape
+from worker_support import run_example
 
 P = "harbor_jobservice_"
 DONE = EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
@@ -162,12 +159,7 @@ def test_bad_targets() -> None:
 
 def test_example_apscheduler_jobs() -> None:
     """docs/apscheduler.md: examples/apscheduler_jobs.py, as documented."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
-    proc = subprocess.run([sys.executable, str(root / "examples" / "apscheduler_jobs.py")],
-                          capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_example("apscheduler_jobs.py")
     assert 'task_total{status="success",type="rotate_logs"} 1.0' in out
     assert 'task_total{status="fail",type="sync_mirror"} 1.0' in out
     assert 'task_total{status="stop",type="nightly_report"} 1.0' in out

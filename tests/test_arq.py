@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -23,6 +19,7 @@ import jobmetrics.arq
 from exporter_support import RedisServer, redis_server  # noqa: F401
 from jobmetrics import JobMetrics
 from promcheck import promtool_check, samples, scrape
+from worker_support import run_example
 
 P = "harbor_jobservice_"
 tries: Dict[str, int] = {}
@@ -156,13 +153,7 @@ def test_arq_timeout_is_fail(redis_server: RedisServer) -> None:  # noqa: F811
 
 def test_example_arq_worker(redis_server: RedisServer) -> None:  # noqa: F811
     """docs/arq.md: examples/arq_worker.py, as documented."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
-    proc = subprocess.run([sys.executable, str(root / "examples" / "arq_worker.py"),
-                           str(redis_server.port)], capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_example("arq_worker.py", str(redis_server.port))
     assert 'task_total{status="success",type="resize"} 1.0' in out
     assert 'task_total{status="fail",type="broken"} 1.0' in out
     assert 'task_total{status="fail",type="send_mail"} 1.0' in out

@@ -25,7 +25,7 @@ from jobmetrics import JobMetrics, Stopped
 from pg_support import PostgresServer
 from promcheck import promtool_check, samples, scrape
 from servers import free_port, get, wait_http
-from worker_support import gauge, total
+from worker_support import gauge, run_example, total
 
 P = "harbor_jobservice_"
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,13 +262,8 @@ def test_bad_arguments() -> None:
 def test_example_procrastinate_worker(pg_server: PostgresServer) -> None:
     """docs/procrastinate.md: examples/procrastinate_worker.py, as documented."""
     db = pg_server.new_database("jm_procrastinate_example")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "procrastinate_worker.py"),
-                           pg_server.url(db)], capture_output=True, text=True, timeout=60,
-                          env=env)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_example("procrastinate_worker.py", pg_server.url(db),
+                      env={"PYTHONPATH": str(ROOT / "src")})
     assert 'task_total{status="success",type="resize"} 1.0' in out
     assert 'task_total{status="fail",type="broken"} 1.0' in out
     assert 'task_total{status="fail",type="send_mail"} 1.0' in out

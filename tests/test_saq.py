@@ -28,7 +28,7 @@ from jobmetrics import JobMetrics
 from mpservers import P
 from promcheck import promtool_check, samples, scrape
 from servers import free_port, scrape_until, wait_http
-from worker_support import Got, gauge, total, wait_file
+from worker_support import Got, gauge, run_example, total, wait_file
 
 APP = '''
 import asyncio, os
@@ -405,14 +405,10 @@ def test_bad_env_port(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_example_saq_worker(redis_server: RedisServer) -> None:  # noqa: F811
     """docs/saq.md: examples/saq_worker.py, as documented."""
+    out = run_example("saq_worker.py", str(redis_server.port))
     root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBMETRICS_")}
-    proc = subprocess.run([sys.executable, str(root / "examples" / "saq_worker.py"),
-                           str(redis_server.port)], capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert proc.returncode == 0, proc.stderr
     documented = (root / "docs" / "saq.md").read_text().split("```text\n")[1].split("```")[0]
-    assert set(proc.stdout.splitlines()) == set(documented.splitlines())
+    assert set(out.splitlines()) == set(documented.splitlines())
     assert len(documented.splitlines()) == 5
 
 

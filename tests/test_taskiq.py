@@ -45,7 +45,7 @@ from jobmetrics.taskiq import JobMetricsMiddleware
 from mpservers import P, stop
 from promcheck import promtool_check, samples, scrape
 from servers import free_port, wait_http
-from worker_support import Got, gauge, total, wait_file
+from worker_support import Got, gauge, run_example, total, wait_file
 
 APP = '''
 import asyncio, os
@@ -516,15 +516,9 @@ def test_serves_in_its_own_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_example_taskiq_worker(redis_server: RedisServer) -> None:  # noqa: F811
     """docs/taskiq.md: examples/taskiq_worker.py, as documented."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update(JOBMETRICS_PORT=str(free_port()), JOBMETRICS_ADDR="127.0.0.1")
-    proc = subprocess.run([sys.executable, str(root / "examples" / "taskiq_worker.py"),
-                           str(redis_server.port)], capture_output=True, text=True,
-                          timeout=90, env=env)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_example("taskiq_worker.py", str(redis_server.port), timeout=90,
+                      env={"JOBMETRICS_PORT": str(free_port()),
+                           "JOBMETRICS_ADDR": "127.0.0.1"})
     assert 'task_total{status="success",type="resize"} 2.0' in out
     assert 'task_total{status="fail",type="broken"} 1.0' in out
     assert 'task_total{status="fail",type="send_mail"} 1.0' in out

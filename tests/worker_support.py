@@ -1,10 +1,14 @@
-"""Readers shared by the job-framework integration tests (Celery, RQ, Dramatiq)."""
+"""What the job-framework integration tests share: scrape readers, a held job's pid, and
+running an example as its docs page documents it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from mpservers import P
 from promcheck import Labels
@@ -29,3 +33,20 @@ def wait_file(path: Path) -> int:
         assert time.monotonic() < deadline, f"{path} never written"
         time.sleep(0.02)
     return int(path.read_text())
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, timeout: float = 60,
+                env: Optional[Dict[str, str]] = None) -> str:
+    """Run ``examples/<name>`` with ``args`` as its docs page does, in an environment
+    without the test's ``JOBMETRICS_*`` or ``PROMETHEUS_MULTIPROC_DIR`` (plus ``env``);
+    its standard output, once it has exited 0."""
+    run_env = {k: v for k, v in os.environ.items()
+               if not k.startswith("JOBMETRICS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    run_env.update(env or {})
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args],
+                          capture_output=True, text=True, timeout=timeout, env=run_env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
