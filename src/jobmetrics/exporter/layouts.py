@@ -126,6 +126,12 @@ class Reading:
     errors: List[str] = field(default_factory=list)
 
 
+def _check_bound(arg: str, value: object) -> None:
+    """A layout's bound on its work per scrape: an int >= 1 (``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -247,8 +253,7 @@ class Layout:
             raise TypeError("queues must be a sequence of names, not a str")
         if key_prefix is not None and not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
-        if isinstance(max_queues, bool) or not isinstance(max_queues, int) or max_queues < 1:
-            raise ValueError(f"max_queues must be an int >= 1, got {max_queues!r}")
+        _check_bound("max_queues", max_queues)
         for q in queues:
             if not isinstance(q, str) or not q:
                 raise ValueError(f"queues must hold non-empty names, got {q!r}")
@@ -332,8 +337,7 @@ class HarborLayout(Layout):
         max_pools: int = 100,
     ) -> None:
         super().__init__(key_prefix, queues, max_queues)
-        if isinstance(max_pools, bool) or not isinstance(max_pools, int) or max_pools < 1:
-            raise ValueError(f"max_pools must be an int >= 1, got {max_pools!r}")
+        _check_bound("max_pools", max_pools)
         #: The most worker pools reported per job type (fields of its ``lock_info``).
         self.max_pools = max_pools
         self._prefix_given = key_prefix is not None
@@ -711,8 +715,7 @@ class ArqLayout(Layout):
                 "the keys of their sorted sets, with queues= (--queue)"
             )
         super().__init__(None, queues, max_queues)
-        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-            raise ValueError(f"max_running must be an int >= 1, got {max_running!r}")
+        _check_bound("max_running", max_running)
         if not self.queues:
             self.queues = (ARQ_DEFAULT_QUEUE,)
         #: The most due jobs per queue checked for an ``arq:in-progress:<id>`` key.
